@@ -1,0 +1,3 @@
+from emo8.cli import main
+
+main()

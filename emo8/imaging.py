@@ -1,0 +1,402 @@
+"""Image validation and signals, decoding each image once.
+
+:func:`inspect_image` takes the raw bytes of a candidate image and returns an :class:`ImageInfo`: either a
+rejection with a machine-readable ``reason`` or the image's size, format and signals (brightness,
+colorfulness, pHash, dHash and a pixel hash), all computed from one decode. The steps are:
+
+1. the format is sniffed from the magic bytes (never from a Content-Type or a file extension);
+2. the header alone gives the size, checked against the decompression-bomb limit, the minimum side and the
+   aspect ratio (and the frame count, when animated images are rejected) before any pixel is decoded;
+3. one decode, reduced by JPEG draft mode (DCT scaling) where the format allows, yields a small RGB image
+   (EXIF orientation applied, alpha flattened onto white) from which every signal is computed.
+
+:func:`load_rgb` is the project's one image loader for later stages, with the same normalisation.
+Both functions are top-level and picklable, so they run in a process pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from typing import IO
+
+import imagehash
+import numpy as np
+from PIL import ExifTags, Image
+
+#: Formats :func:`inspect_image` accepts, with the file extension the workspace stores each one under.
+FORMAT_EXTENSIONS: dict[str, str] = {
+    "jpeg": ".jpg",
+    "png": ".png",
+    "webp": ".webp",
+    "gif": ".gif",
+    "bmp": ".bmp",
+    "tiff": ".tiff",
+}
+
+#: Machine codes of :attr:`ImageInfo.reason`.
+REASONS = (
+    "empty",
+    "not_an_image",
+    "unsupported_format",
+    "truncated",
+    "corrupt",
+    "decompression_bomb",
+    "too_small",
+    "aspect_ratio",
+    "animated",
+)
+
+#: Side of the square RGB image every signal is computed from.
+SIGNAL_SIDE = 128
+#: Side of the square RGB image the pixel hash is taken over.
+PIXEL_HASH_SIDE = 32
+
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP", "tiff": "TIFF"}
+_ANIMATABLE = frozenset({"gif", "webp", "png", "tiff"})
+_BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+# Image formats recognised by their magic bytes but not accepted (reason "unsupported_format").
+_UNSUPPORTED_MAGIC = (
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n",  # JPEG 2000 (JP2)
+    b"\xff\x4f\xff\x51",  # JPEG 2000 codestream
+    b"\x00\x00\x00\x0cJXL \r\n\x87\n",  # JPEG XL container
+    b"\xff\x0a",  # JPEG XL codestream
+    b"\x00\x00\x01\x00",  # ICO
+    b"\x00\x00\x02\x00",  # CUR
+    b"8BPS",  # Photoshop
+    b"qoif",  # QOI
+    b"icns",  # Apple icon
+    b"\x76\x2f\x31\x01",  # OpenEXR
+    b"#?RADIANCE",  # Radiance HDR
+)
+_HEIF_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """What :func:`inspect_image` rejects.
+
+    Parameters
+    ----------
+    min_side
+        Shortest accepted side in pixels (``too_small`` below it).
+    max_pixels
+        Decompression-bomb limit on width * height, checked on the header before decoding. Pillow's own
+        process-wide hard limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``, about 179 Mpx) also applies; raise or
+        clear that one too to accept larger images.
+    max_aspect_ratio
+        Largest accepted long side / short side (``aspect_ratio`` above it).
+    reject_animated
+        Reject GIF, WebP, APNG and TIFF files that hold more than one frame (``animated``). When False such
+        files are accepted and their first frame is used.
+    """
+
+    min_side: int = 64
+    max_pixels: int = 100_000_000
+    max_aspect_ratio: float = 8.0
+    reject_animated: bool = False
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """The outcome of :func:`inspect_image` for one image.
+
+    ``ok`` is True for an accepted image; otherwise ``reason`` holds one of :data:`REASONS` and ``error`` a
+    human-readable detail. A rejected image keeps ``format``, ``width``, ``height`` and ``n_frames`` as far as
+    they were read (sizes as stored, EXIF orientation not applied); signals exist only for accepted images.
+
+    Attributes
+    ----------
+    format
+        Format sniffed from the magic bytes: one of the keys of :data:`FORMAT_EXTENSIONS`.
+    width, height
+        Full-size dimensions after EXIF orientation (swapped for orientations 5 to 8).
+    n_frames
+        Number of frames (1 for still images).
+    brightness
+        Mean luma (ITU-R 601, as Pillow's ``L`` mode) in [0, 1].
+    colorfulness
+        Hasler and Suesstrunk (2003) colorfulness on 0-255 RGB, see :func:`colorfulness`.
+    phash, dhash
+        64-bit ``imagehash.phash`` / ``imagehash.dhash`` as 16 hex characters.
+    pixel_hash
+        SHA-256 hex digest identifying the decoded pixels, see :func:`inspect_image`.
+    """
+
+    ok: bool
+    reason: str | None = None
+    error: str | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    n_frames: int | None = None
+    brightness: float | None = None
+    colorfulness: float | None = None
+    phash: str | None = None
+    dhash: str | None = None
+    pixel_hash: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the fields as a plain dict (field name -> value)."""
+        return asdict(self)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return the accepted format of ``data`` from its magic bytes alone, or None.
+
+    Returns one of ``"jpeg"``, ``"png"``, ``"webp"``, ``"gif"``, ``"bmp"``, ``"tiff"``; None for anything
+    else, including image formats that are not accepted.
+    """
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "bmp"
+    return None
+
+
+def _is_unsupported_image(data: bytes) -> bool:
+    """Tell whether ``data`` starts like an image format that is recognised but not accepted."""
+    if data.startswith(_UNSUPPORTED_MAGIC):
+        return True
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return True
+    text = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith((b"<svg", b"<?xml")) and b"<svg" in text
+
+
+def _missing_bytes(fmt: str, data: bytes) -> bool:
+    """Tell whether the container structure of ``data`` shows that its end is missing."""
+    if fmt == "png":
+        return data.rfind(b"IEND") < 0
+    if fmt == "webp":
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    if fmt == "bmp":
+        return len(data) < int.from_bytes(data[2:6], "little")
+    if fmt == "jpeg":
+        return data.find(b"\xff\xda") < 0  # never reaches a scan
+    if fmt == "gif":
+        return not data.rstrip(b"\x00").endswith(b";")
+    return False
+
+
+def colorfulness(rgb: np.ndarray) -> float:
+    """Return the Hasler and Suesstrunk (2003) colorfulness of an ``(..., 3)`` RGB array on the 0-255 scale.
+
+    With ``rg = R - G`` and ``yb = (R + G) / 2 - B``, the result is
+    ``sqrt(std(rg)^2 + std(yb)^2) + 0.3 * sqrt(mean(rg)^2 + mean(yb)^2)``: 0 for any grey image, about 100 or
+    more for extremely colourful ones.
+    """
+    px = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
+    if px.shape[0] == 0:
+        return 0.0
+    r, g, b = px[:, 0], px[:, 1], px[:, 2]
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    sigma = float(np.hypot(rg.std(), yb.std()))
+    mu = float(np.hypot(rg.mean(), yb.mean()))
+    return sigma + 0.3 * mu
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert a decoded image of any mode to RGB, flattening transparency onto white."""
+    if im.mode == "RGB" and "transparency" not in im.info:
+        return im
+    if im.mode.startswith("I;16"):
+        arr16 = np.asarray(im, dtype=np.uint16)
+        return Image.fromarray((arr16 >> 8).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 if im.mode == "F" and top <= 1.0 else 1.0 if top <= 255 else 255.0 / 65535.0
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, _WHITE)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return im.convert("RGB")
+
+
+def _orientation(im: Image.Image) -> int:
+    """Return the EXIF orientation (1-8) of an opened image, 1 when absent or invalid."""
+    try:
+        value = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # malformed EXIF never makes an image unreadable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(im: Image.Image, orientation: int) -> Image.Image:
+    """Apply an EXIF orientation to the pixels of ``im``."""
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return im if method is None else im.transpose(method)
+
+
+def _draft(im: Image.Image, max_side: int) -> None:
+    """Make a JPEG decode at the smallest DCT scale (1/2 to 1/8) whose longer side stays >= ``max_side``."""
+    w, h = im.size
+    if im.format in ("JPEG", "MPO") and max(w, h) >= 2 * max_side:
+        req = (max_side, max(1, h * max_side // w)) if w >= h else (max(1, w * max_side // h), max_side)
+        im.draft(None, req)
+
+
+def load_rgb(source: bytes | str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
+    """Load an image as the project sees it: RGB, first frame, EXIF orientation applied, alpha on white.
+
+    Parameters
+    ----------
+    source
+        The encoded bytes or a file path.
+    max_side
+        If given, images whose longer side exceeds it are downscaled (aspect kept, Lanczos) to that longer
+        side; JPEGs are decoded with draft mode (DCT scaling) first, so the full-size image is never
+        materialised.
+
+    Returns
+    -------
+    A loaded ``PIL.Image.Image`` in mode ``RGB``. Undecodable input raises Pillow's exception
+    (``PIL.UnidentifiedImageError``, ``OSError``, ``PIL.Image.DecompressionBombError``).
+    """
+    fp: str | os.PathLike[str] | IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(fp) as im:
+        if max_side is not None:
+            _draft(im, max_side)
+        im.load()
+        rgb = _orient(_to_rgb(im), _orientation(im))
+    if max_side is not None and max(rgb.size) > max_side:
+        scale = max_side / max(rgb.size)
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return rgb
+
+
+def _reject(
+    reason: str,
+    error: str,
+    fmt: str | None = None,
+    size: tuple[int, int] | None = None,
+    n_frames: int | None = None,
+) -> ImageInfo:
+    w, h = size if size is not None else (None, None)
+    return ImageInfo(False, reason, error, format=fmt, width=w, height=h, n_frames=n_frames)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _failure(exc: Exception, fmt: str, data: bytes) -> str:
+    """Classify a decoder exception as ``"truncated"`` or ``"corrupt"``."""
+    truncated = isinstance(exc, EOFError) or "truncated" in str(exc).lower() or _missing_bytes(fmt, data)
+    return "truncated" if truncated else "corrupt"
+
+
+def inspect_image(data: bytes, config: ValidationConfig = ValidationConfig()) -> ImageInfo:
+    """Validate one encoded image and compute its signals from a single decode.
+
+    Parameters
+    ----------
+    data
+        The raw bytes of the file as fetched.
+    config
+        Rejection thresholds.
+
+    Returns
+    -------
+    An :class:`ImageInfo`. Bad input never raises: it becomes ``ok=False`` with a ``reason``.
+
+    Signals come from the decoded first frame after EXIF orientation and flattening onto white, resized (box
+    filter, aspect not kept) to ``SIGNAL_SIDE`` x ``SIGNAL_SIDE`` RGB; a JPEG is decoded at the smallest DCT
+    scale whose sides stay >= ``SIGNAL_SIDE``. Brightness and colorfulness are taken over that image, pHash
+    and dHash over its luma. ``pixel_hash`` is the SHA-256 of the ASCII header ``"{width}x{height}:"`` (full
+    size, oriented) followed by the raw bytes (row-major R, G, B, uint8) of that image box-resized to
+    ``PIXEL_HASH_SIDE`` x ``PIXEL_HASH_SIDE``. It is equal for files that decode to the same pixels in
+    lossless formats (PNG, lossless WebP, BMP, TIFF, a GIF of an image within 256 colours) and for JPEGs
+    that differ only in metadata or in baseline/progressive coding; a JPEG and a lossless copy of its decoded
+    pixels generally differ, because the JPEG is DCT-scaled rather than fully decoded.
+    """
+    if not data:
+        return _reject("empty", "zero bytes")
+    fmt = sniff_format(data)
+    if fmt is None:
+        if _is_unsupported_image(data):
+            return _reject("unsupported_format", "an image format that is not accepted")
+        return _reject("not_an_image", f"no image signature; starts with {data[:16]!r}")
+    with warnings.catch_warnings():
+        # Pillow's warnings (corrupt EXIF, a bomb below twice its own limit) are noise here: the verdict is in
+        # the result, and config.max_pixels sets the bomb limit.
+        warnings.simplefilter("ignore")
+        return _inspect(data, fmt, config)
+
+
+def _inspect(data: bytes, fmt: str, config: ValidationConfig) -> ImageInfo:
+    """Do the work of :func:`inspect_image` on data already sniffed as ``fmt``."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+    except Image.DecompressionBombError as exc:
+        return _reject("decompression_bomb", str(exc), fmt)
+    except Exception as exc:
+        return _reject(_failure(exc, fmt, data), _describe(exc), fmt)
+    with im:
+        w, h = im.size
+        if w * h > config.max_pixels:
+            return _reject("decompression_bomb", f"{w}x{h} exceeds {config.max_pixels} pixels", fmt, (w, h))
+        if min(w, h) < config.min_side:
+            return _reject("too_small", f"{w}x{h}: a side is under {config.min_side} px", fmt, (w, h))
+        if max(w, h) > config.max_aspect_ratio * min(w, h):
+            return _reject("aspect_ratio", f"{w}x{h}: aspect beyond {config.max_aspect_ratio}", fmt, (w, h))
+        try:
+            n_frames = int(getattr(im, "n_frames", 1))
+            if config.reject_animated and n_frames > 1 and fmt in _ANIMATABLE:
+                return _reject("animated", f"{n_frames} frames", fmt, (w, h), n_frames)
+            if im.format in ("JPEG", "MPO"):
+                im.draft(None, (SIGNAL_SIDE, SIGNAL_SIDE))  # both sides stay >= SIGNAL_SIDE
+            im.load()
+            if fmt in ("png", "webp") and _missing_bytes(fmt, data):  # decoders stop before these ends
+                return _reject("truncated", "the container ends early", fmt, (w, h), n_frames)
+            orientation = _orientation(im)
+            rgb = _orient(_to_rgb(im), orientation)
+            sig = rgb.resize((SIGNAL_SIDE, SIGNAL_SIDE), Image.Resampling.BOX)
+        except Image.DecompressionBombError as exc:
+            return _reject("decompression_bomb", str(exc), fmt, (w, h))
+        except Exception as exc:
+            return _reject(_failure(exc, fmt, data), _describe(exc), fmt, (w, h))
+    if orientation >= 5:
+        w, h = h, w
+    luma = sig.convert("L")
+    tiny = sig.resize((PIXEL_HASH_SIDE, PIXEL_HASH_SIDE), Image.Resampling.BOX)
+    pixel_hash = hashlib.sha256(f"{w}x{h}:".encode() + tiny.tobytes()).hexdigest()
+    return ImageInfo(
+        ok=True,
+        format=fmt,
+        width=w,
+        height=h,
+        n_frames=n_frames,
+        brightness=float(np.asarray(luma).mean()) / 255.0,
+        colorfulness=colorfulness(np.asarray(sig)),
+        phash=str(imagehash.phash(luma)),
+        dhash=str(imagehash.dhash(luma)),
+        pixel_hash=pixel_hash,
+    )

@@ -1,0 +1,680 @@
+"""The downloader against a real loopback HTTP server: politeness, retries, limits and the SSRF guard."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import itertools
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from httpfixtures import (
+    LoopbackServer,
+    delayed,
+    endless,
+    redirect,
+    reset_after,
+    respond,
+    sequence,
+    stall,
+)
+
+from emo8.download import (
+    DownloadConfig,
+    FetchRequest,
+    FetchResult,
+    StaticResolver,
+    backoff_delay,
+    fetch_all,
+    fetch_stream,
+    is_public_address,
+    is_retryable_reason,
+    parse_retry_after,
+    parse_url,
+)
+from emo8.robots import parse_robots_txt, product_token, x_robots_blocked
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"
+UA = "emo8-test/9.9 (+https://example.org/emo8; tests)"
+FAST = DownloadConfig(
+    user_agent=UA,
+    allow_private_networks=True,
+    backoff_base=0.01,
+    backoff_max=0.05,
+    connect_timeout=2.0,
+    total_timeout=5.0,
+    retries=2,
+)
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    with LoopbackServer() as srv:
+        yield srv
+
+
+def fetch_one(url: str, config: DownloadConfig = FAST, **kwargs: object) -> FetchResult:
+    [result] = fetch_all([FetchRequest("k", url)], config, **kwargs)  # type: ignore[arg-type]
+    return result
+
+
+# -- success and plain HTTP errors ---------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_success_records_metadata(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG, content_type="image/jpeg; charset=binary")
+    r = fetch_one(server.url("/a.jpg"))
+    assert r.ok and r.data == JPEG
+    assert (r.key, r.url, r.final_url) == ("k", server.url("/a.jpg"), server.url("/a.jpg"))
+    assert (r.http_status, r.attempts, r.reason, r.error) == (200, 1, None, None)
+    assert r.content_type == "image/jpeg"
+
+
+@pytest.mark.timeout(30)
+def test_404_is_not_retried(server: LoopbackServer) -> None:
+    server.routes["/missing.jpg"] = respond(b"nope", status=404, content_type="text/plain")
+    r = fetch_one(server.url("/missing.jpg"))
+    assert not r.ok and r.data is None
+    assert (r.reason, r.http_status, r.attempts) == ("http_404", 404, 1)
+    assert server.hits("/missing.jpg") == 1
+
+
+@pytest.mark.timeout(30)
+def test_500_then_success(server: LoopbackServer) -> None:
+    server.routes["/flaky.jpg"] = sequence(
+        respond(b"oops", status=500), respond(JPEG, content_type="image/jpeg")
+    )
+    r = fetch_one(server.url("/flaky.jpg"))
+    assert r.ok and r.data == JPEG
+    assert (r.attempts, r.http_status, r.reason, r.error) == (2, 200, None, None)
+    assert server.hits("/flaky.jpg") == 2
+
+
+@pytest.mark.timeout(30)
+def test_persistent_503_uses_every_retry(server: LoopbackServer) -> None:
+    server.routes["/down.jpg"] = respond(b"", status=503)
+    r = fetch_one(server.url("/down.jpg"))
+    assert (r.ok, r.reason, r.http_status, r.attempts) == (False, "http_503", 503, FAST.retries + 1)
+    assert server.hits("/down.jpg") == FAST.retries + 1
+
+
+@pytest.mark.timeout(30)
+def test_429_waits_for_retry_after_seconds(server: LoopbackServer) -> None:
+    server.routes["/busy.jpg"] = sequence(
+        respond(b"slow down", status=429, headers={"Retry-After": "1"}),
+        respond(JPEG, content_type="image/jpeg"),
+    )
+    r = fetch_one(server.url("/busy.jpg"), replace(FAST, backoff_max=10.0))
+    assert r.ok and r.attempts == 2
+    first, second = (q.time for q in server.requests if q.path == "/busy.jpg")
+    assert second - first >= 1.0
+
+
+@pytest.mark.timeout(30)
+def test_429_waits_for_retry_after_http_date(server: LoopbackServer) -> None:
+    server.routes["/busy.jpg"] = sequence(
+        respond(
+            b"", status=429, headers={"Retry-After": email.utils.formatdate(time.time() + 2, usegmt=True)}
+        ),
+        respond(JPEG, content_type="image/jpeg"),
+    )
+    r = fetch_one(server.url("/busy.jpg"), replace(FAST, backoff_max=10.0))
+    assert r.ok and r.attempts == 2
+    first, second = (q.time for q in server.requests if q.path == "/busy.jpg")
+    assert second - first >= 0.9  # the date has whole-second resolution: 1 to 2 s ahead
+
+
+@pytest.mark.timeout(30)
+def test_retry_after_is_capped_by_backoff_max(server: LoopbackServer) -> None:
+    server.routes["/busy.jpg"] = sequence(
+        respond(b"", status=503, headers={"Retry-After": "3600"}), respond(JPEG, content_type="image/jpeg")
+    )
+    start = time.monotonic()
+    r = fetch_one(server.url("/busy.jpg"), replace(FAST, backoff_max=0.2))
+    assert r.ok and r.attempts == 2
+    assert time.monotonic() - start < 5
+
+
+def test_parse_retry_after() -> None:
+    now = email.utils.parsedate_to_datetime("Wed, 21 Oct 2015 07:28:00 GMT").timestamp()
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=now) == 30.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now=now) == 0.0  # in the past
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("-5") is None
+    assert parse_retry_after(None) is None
+
+
+def test_backoff_delay_full_jitter_and_caps() -> None:
+    cfg = DownloadConfig(backoff_base=0.5, backoff_max=3.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (10, 3.0)]:
+        delays = [backoff_delay(attempt, cfg) for _ in range(200)]
+        assert all(0.0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling / 2 and min(delays) < ceiling / 2  # jittered over the whole range
+    assert backoff_delay(1, cfg, retry_after=2.0) >= 2.0
+    assert backoff_delay(1, cfg, retry_after=100.0) == 3.0
+
+
+def test_retryable_reasons() -> None:
+    for reason in ("timeout", "connection_error", "http_429", "http_500", "http_503"):
+        assert is_retryable_reason(reason)
+    for reason in ("http_404", "http_403", "http_400", "robots_txt", "too_large", "malformed_url", None):
+        assert not is_retryable_reason(reason)
+
+
+# -- broken transfers ----------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_connection_reset_mid_body(server: LoopbackServer) -> None:
+    server.routes["/reset.jpg"] = reset_after()
+    r = fetch_one(server.url("/reset.jpg"))
+    assert (r.ok, r.reason, r.attempts) == (False, "connection_error", FAST.retries + 1)
+    assert r.data is None and r.error
+    assert server.hits("/reset.jpg") == FAST.retries + 1
+
+
+@pytest.mark.timeout(30)
+def test_connection_reset_then_success(server: LoopbackServer) -> None:
+    server.routes["/reset.jpg"] = sequence(reset_after(), respond(JPEG, content_type="image/jpeg"))
+    r = fetch_one(server.url("/reset.jpg"))
+    assert r.ok and r.data == JPEG and r.attempts == 2
+
+
+@pytest.mark.timeout(30)
+def test_endless_body_is_cut_at_max_bytes(server: LoopbackServer) -> None:
+    server.routes["/endless.jpg"] = endless()
+    start = time.monotonic()
+    r = fetch_one(server.url("/endless.jpg"), replace(FAST, max_bytes=256 * 1024))
+    assert (r.ok, r.reason, r.attempts, r.http_status) == (False, "too_large", 1, 200)
+    assert r.data is None
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.timeout(30)
+def test_declared_length_over_max_bytes_is_refused_unread(server: LoopbackServer) -> None:
+    server.routes["/big.jpg"] = respond(b"\0" * 300_000, content_type="image/jpeg")
+    r = fetch_one(server.url("/big.jpg"), replace(FAST, max_bytes=100_000))
+    assert (r.ok, r.reason, r.attempts, r.content_type) == (False, "too_large", 1, "image/jpeg")
+    assert "Content-Length" in (r.error or "")
+
+
+@pytest.mark.timeout(30)
+def test_stalled_server_times_out(server: LoopbackServer) -> None:
+    server.routes["/stall.jpg"] = stall(30)
+    start = time.monotonic()
+    r = fetch_one(server.url("/stall.jpg"), replace(FAST, total_timeout=0.5, retries=1))
+    assert (r.ok, r.reason, r.attempts, r.http_status) == (False, "timeout", 2, None)
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.timeout(30)
+def test_stall_mid_body_times_out(server: LoopbackServer) -> None:
+    server.routes["/stall.jpg"] = stall(30, after_headers=True)
+    start = time.monotonic()
+    r = fetch_one(server.url("/stall.jpg"), replace(FAST, total_timeout=0.5, retries=0))
+    assert (r.ok, r.reason, r.attempts, r.http_status) == (False, "timeout", 1, 200)
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.timeout(30)
+def test_connection_refused_is_retried() -> None:
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = fetch_one(f"http://127.0.0.1:{port}/x.jpg", replace(FAST, respect_robots_txt=False))
+    assert (r.ok, r.reason, r.attempts) == (False, "connection_error", FAST.retries + 1)
+
+
+@pytest.mark.timeout(30)
+def test_empty_body(server: LoopbackServer) -> None:
+    server.routes["/empty.jpg"] = respond(b"", content_type="image/jpeg")
+    server.routes["/204"] = respond(b"", status=204, content_type=None)
+    a, b = fetch_all(
+        [FetchRequest("a", server.url("/empty.jpg")), FetchRequest("b", server.url("/204"))], FAST
+    )
+    assert (a.ok, a.reason, a.http_status, a.attempts) == (False, "empty_body", 200, 1)
+    assert (b.ok, b.reason, b.http_status) == (False, "empty_body", 204)
+
+
+# -- redirects -----------------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_redirect_chain_is_followed(server: LoopbackServer) -> None:
+    server.routes["/r1"] = redirect("/r2", status=301)
+    server.routes["/r2"] = redirect(server.url("/img.jpg?x=1"), status=307)
+    server.routes["/img.jpg"] = respond(JPEG, content_type="image/jpeg")
+    r = fetch_one(server.url("/r1"))
+    assert r.ok and r.data == JPEG and r.attempts == 1
+    assert r.final_url == server.url("/img.jpg?x=1")
+
+
+@pytest.mark.timeout(30)
+def test_redirect_loop(server: LoopbackServer) -> None:
+    server.routes["/a"] = redirect("/b")
+    server.routes["/b"] = redirect("/a")
+    r = fetch_one(server.url("/a"))
+    assert (r.ok, r.reason, r.http_status, r.attempts) == (False, "too_many_redirects", 302, 1)
+    assert server.hits("/a") == 1 and server.hits("/b") == 1  # detected, not run round max_redirects times
+
+
+@pytest.mark.timeout(30)
+def test_too_many_redirects(server: LoopbackServer) -> None:
+    for i in range(10):
+        server.routes[f"/hop{i}"] = redirect(f"/hop{i + 1}")
+    r = fetch_one(server.url("/hop0"), replace(FAST, max_redirects=3))
+    assert (r.ok, r.reason) == (False, "too_many_redirects")
+    assert [server.hits(f"/hop{i}") for i in range(6)] == [1, 1, 1, 1, 0, 0]
+
+
+@pytest.mark.timeout(30)
+def test_redirect_to_other_scheme_is_refused(server: LoopbackServer) -> None:
+    server.routes["/ftp"] = redirect("ftp://example.org/file.jpg")
+    r = fetch_one(server.url("/ftp"))
+    assert (r.ok, r.reason, r.http_status) == (False, "malformed_url", 302)
+
+
+# -- SSRF guard ----------------------------------------------------------------------------------------
+PUBLIC_FOR_TEST = ipaddress.ip_address("127.0.0.1")
+
+
+def loopback_one_is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """SSRF policy for the tests: 127.0.0.1 plays a public host, every other address is judged normally."""
+    return ip == PUBLIC_FOR_TEST or is_public_address(ip)
+
+
+@pytest.fixture
+def intranet() -> Iterator[LoopbackServer]:
+    """A 'private' server on 127.0.0.2 holding a secret."""
+    with LoopbackServer({"/secret": respond(b"secret", content_type="image/jpeg")}, host="127.0.0.2") as srv:
+        yield srv
+
+
+GUARDED = replace(FAST, allow_private_networks=False)
+
+
+@pytest.mark.timeout(30)
+def test_guard_refuses_loopback_by_default(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG)
+    for url in (server.url("/a.jpg"), f"http://localhost:{server.port}/a.jpg"):
+        r = fetch_one(url, GUARDED)
+        assert (r.ok, r.reason, r.attempts) == (False, "private_address", 0), url
+    assert server.requests == []  # neither the page nor robots.txt was requested
+
+
+@pytest.mark.timeout(30)
+def test_guard_lets_public_hosts_through(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG)
+    resolver = StaticResolver({"public.test": ["127.0.0.1"]})
+    r = fetch_one(f"http://public.test:{server.port}/a.jpg", GUARDED, resolver=resolver,
+                  address_filter=loopback_one_is_public)  # fmt: skip
+    assert r.ok and r.data == JPEG
+
+
+@pytest.mark.timeout(30)
+def test_redirect_to_private_ip_literal_is_refused(server: LoopbackServer, intranet: LoopbackServer) -> None:
+    server.routes["/go"] = redirect(intranet.url("/secret"))
+    r = fetch_one(server.url("/go"), GUARDED, address_filter=loopback_one_is_public)
+    assert (r.ok, r.reason, r.http_status, r.final_url) == (False, "private_address", 302, server.url("/go"))
+    assert intranet.requests == []
+
+
+@pytest.mark.timeout(30)
+def test_redirect_to_hostname_resolving_private_is_refused(
+    server: LoopbackServer, intranet: LoopbackServer
+) -> None:
+    server.routes["/go"] = redirect(f"http://intranet.test:{intranet.port}/secret")
+    resolver = StaticResolver({"intranet.test": ["127.0.0.2"]})
+    r = fetch_one(server.url("/go"), GUARDED, resolver=resolver, address_filter=loopback_one_is_public)
+    assert (r.ok, r.reason, r.http_status) == (False, "private_address", 302)
+    assert "127.0.0.2" in (r.error or "")
+    assert intranet.requests == []
+
+
+@pytest.mark.timeout(30)
+def test_guard_connects_only_to_the_checked_address(server: LoopbackServer) -> None:
+    # The name resolves to a private and a public address: only the public one may be dialled.
+    with LoopbackServer({"/a.jpg": respond(b"private!")}, host="127.0.0.2", port=server.port) as private:
+        server.routes["/a.jpg"] = respond(JPEG)
+        resolver = StaticResolver({"mixed.test": ["127.0.0.2", "127.0.0.1"]})
+        r = fetch_one(f"http://mixed.test:{server.port}/a.jpg", GUARDED, resolver=resolver,
+                      address_filter=loopback_one_is_public)  # fmt: skip
+        assert r.ok and r.data == JPEG
+        assert private.requests == []
+
+
+@pytest.mark.timeout(30)
+def test_dns_failure() -> None:
+    r = fetch_one("http://nowhere.test/a.jpg", GUARDED, resolver=StaticResolver({}))
+    assert (r.ok, r.reason, r.attempts) == (False, "dns_error", 0)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+        "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255", "192.0.2.1", "198.18.0.1",
+        "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254", "2002:7f00:1::1", "64:ff9b::a00:1", "2001:db8::1", "100::1",
+    ],
+)  # fmt: skip
+def test_non_public_addresses(address: str) -> None:
+    assert not is_public_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses(address: str) -> None:
+    assert is_public_address(ipaddress.ip_address(address))
+
+
+# -- URLs ----------------------------------------------------------------------------------------------
+MALFORMED = [
+    "",
+    "not a url",
+    "ftp://example.org/a.jpg",
+    "javascript:alert(1)",
+    "file:///etc/passwd",
+    "http://",
+    "http://[::1",
+    "http://exa mple.com/a.jpg",
+    "http://example.com:99999/a.jpg",
+    "http://a..b/a.jpg",
+    "http://2130706433/",
+    "http://127.1/",
+    "//example.org/a.jpg",
+]
+
+
+@pytest.mark.timeout(30)
+def test_malformed_urls() -> None:
+    results = fetch_all([FetchRequest(str(i), u) for i, u in enumerate(MALFORMED)], FAST)
+    assert [r.key for r in results] == [str(i) for i in range(len(MALFORMED))]
+    for r in results:
+        assert (r.ok, r.reason, r.attempts, r.final_url) == (False, "malformed_url", 0, None), r.url
+        assert r.error
+
+
+def test_parse_url_normalises() -> None:
+    assert str(parse_url("  HTTP://Example.ORG/a b.jpg#frag ")) == "http://example.org/a%20b.jpg"
+    assert str(parse_url("https://bücher.example/ä.jpg")) == "https://xn--bcher-kva.example/%C3%A4.jpg"
+    with pytest.raises(ValueError):
+        parse_url("mailto:someone@example.org")
+
+
+# -- robots.txt ------------------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_robots_txt_disallowing_the_path(server: LoopbackServer) -> None:
+    server.routes["/robots.txt"] = respond(
+        "User-agent: *\nDisallow: /\n\nUser-agent: emo8-test\nDisallow: /private/\nAllow: /private/ok\n",
+        content_type="text/plain",
+    )
+    for path in ("/private/a.jpg", "/private/ok.jpg", "/public/a.jpg"):
+        server.routes[path] = respond(JPEG)
+    bad, ok1, ok2 = fetch_all(
+        [FetchRequest(p, server.url(p)) for p in ("/private/a.jpg", "/private/ok.jpg", "/public/a.jpg")], FAST
+    )
+    assert (bad.ok, bad.reason, bad.attempts, bad.http_status) == (False, "robots_txt", 0, None)
+    assert ok1.ok and ok2.ok
+    assert server.hits("/private/a.jpg") == 0
+    assert server.hits("/robots.txt") == 1
+
+
+@pytest.mark.timeout(30)
+def test_robots_txt_fetched_once_per_host_under_concurrency(server: LoopbackServer) -> None:
+    server.routes["/robots.txt"] = delayed(
+        respond("User-agent: *\nAllow: /\n", content_type="text/plain"), 0.3
+    )
+    server.routes["/a.jpg"] = respond(JPEG)
+    results = fetch_all([FetchRequest(str(i), server.url(f"/a.jpg?i={i}")) for i in range(40)], FAST)
+    assert all(r.ok for r in results)
+    assert server.hits("/robots.txt") == 1
+    assert server.hits("/a.jpg") == 40
+
+
+@pytest.mark.timeout(30)
+def test_robots_txt_missing_allows_all(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG)  # /robots.txt is a 404
+    assert fetch_one(server.url("/a.jpg")).ok
+    assert server.hits("/robots.txt") == 1
+
+
+@pytest.mark.timeout(30)
+def test_robots_txt_server_error_means_disallow(server: LoopbackServer) -> None:
+    server.routes["/robots.txt"] = respond(b"", status=503)
+    server.routes["/a.jpg"] = respond(JPEG)
+    r = fetch_one(server.url("/a.jpg"))
+    assert (r.ok, r.reason, r.attempts) == (False, "robots_txt", 0)
+    assert "503" in (r.error or "")
+    assert server.hits("/a.jpg") == 0
+    assert server.hits("/robots.txt") == FAST.retries + 1
+
+
+@pytest.mark.timeout(30)
+def test_robots_txt_can_be_switched_off(server: LoopbackServer) -> None:
+    server.routes["/robots.txt"] = respond("User-agent: *\nDisallow: /\n", content_type="text/plain")
+    server.routes["/a.jpg"] = respond(JPEG)
+    assert fetch_one(server.url("/a.jpg"), replace(FAST, respect_robots_txt=False)).ok
+    assert server.hits("/robots.txt") == 0
+
+
+@pytest.mark.timeout(30)
+def test_redirect_into_robots_disallowed_area(server: LoopbackServer) -> None:
+    server.routes["/robots.txt"] = respond("User-agent: *\nDisallow: /nope/\n", content_type="text/plain")
+    server.routes["/go"] = redirect("/nope/a.jpg")
+    server.routes["/nope/a.jpg"] = respond(JPEG)
+    r = fetch_one(server.url("/go"))
+    assert (r.ok, r.reason, r.http_status) == (False, "robots_txt", 302)
+    assert server.hits("/nope/a.jpg") == 0
+
+
+ROBOTS = """\
+# comment
+User-agent: googlebot
+Disallow: /
+
+user-agent: EMO8
+user-agent: otherbot
+disallow: /images/
+allow: /images/public/
+disallow: /*.gif$
+disallow: /tmp
+allow: /tmp$
+Sitemap: https://example.org/sitemap.xml
+
+User-Agent: *
+Disallow: /everything-for-others
+
+User-agent: emo8
+Disallow: /merged
+Disallow: /%7Efoo/
+Disallow: /caf%c3%a9
+"""
+
+
+def test_robots_parser_rfc9309() -> None:
+    rules = parse_robots_txt(ROBOTS.encode(), "emo8/0.1 (+https://github.com/emo8/emo8)")
+    assert rules.allowed("/")
+    assert not rules.allowed("/images/a.jpg")
+    assert rules.allowed("/images/public/a.jpg")  # longer allow wins
+    assert not rules.allowed("/pics/a.gif")
+    assert rules.allowed("/pics/a.gif?x=1")  # $ anchors the end
+    assert rules.allowed("/tmp") and not rules.allowed("/tmp/a.jpg")  # equal length: allow wins
+    assert not rules.allowed("/merged/x")  # groups for the same agent are merged
+    assert rules.allowed("/everything-for-others")  # the * group does not apply to us
+    assert not rules.allowed("/~foo/a.jpg")  # %7E and ~ are the same
+    assert not rules.allowed("/café/a.jpg") and not rules.allowed("/caf%C3%A9/a.jpg")
+    assert rules.allowed("/robots.txt")
+
+    others = parse_robots_txt(ROBOTS, "somebot/1.0")
+    assert not others.allowed("/everything-for-others/a.jpg") and others.allowed("/images/a.jpg")
+    assert parse_robots_txt(b"", "emo8").allowed("/x")
+    assert parse_robots_txt(b"Disallow: /\n", "emo8").allowed("/x")  # rules outside any group
+    assert not parse_robots_txt(b"\xef\xbb\xbfUser-agent: *\r\nDisallow: /\r\n", "emo8").allowed("/x")
+    assert product_token("Emo8/0.1 (+https://x)") == "emo8"
+
+
+# -- X-Robots-Tag ----------------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("header", ["noai", "noindex, nofollow", "emo8-test: noimageai", "none"])
+def test_x_robots_tag_blocks(server: LoopbackServer, header: str) -> None:
+    server.routes["/a.jpg"] = respond(JPEG, content_type="image/jpeg", headers={"X-Robots-Tag": header})
+    r = fetch_one(server.url("/a.jpg"))
+    assert (r.ok, r.reason, r.http_status, r.attempts, r.data) == (False, "x_robots_tag", 200, 1, None)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "header", ["otherbot: noai", "nofollow", "unavailable_after: 25 Jun 2010 15:00:00 PST"]
+)
+def test_x_robots_tag_not_for_us(server: LoopbackServer, header: str) -> None:
+    server.routes["/a.jpg"] = respond(JPEG, content_type="image/jpeg", headers={"X-Robots-Tag": header})
+    assert fetch_one(server.url("/a.jpg")).ok
+
+
+@pytest.mark.timeout(30)
+def test_x_robots_tag_can_be_switched_off(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG, headers={"X-Robots-Tag": "noai"})
+    assert fetch_one(server.url("/a.jpg"), replace(FAST, respect_x_robots_tag=False)).ok
+
+
+def test_x_robots_parser() -> None:
+    ua = "emo8/0.1"
+    assert x_robots_blocked(["noai"], ua) == "noai"
+    assert x_robots_blocked(["NoImageIndex"], ua) == "noimageindex"
+    assert x_robots_blocked(["emo8: noai, noindex"], ua) == "noai"
+    assert x_robots_blocked(["otherbot: noai, noindex"], ua) is None
+    assert x_robots_blocked(["otherbot: noai", "emo8: noimageai"], ua) == "noimageai"
+    assert x_robots_blocked(["otherbot: noai, emo8: noindex"], ua) == "noindex"
+    assert x_robots_blocked(["max-image-preview: large, nofollow"], ua) is None
+    assert x_robots_blocked(["unavailable_after: 25 Jun 2010 15:00:00 PST"], ua) is None
+    assert x_robots_blocked([], ua) is None
+
+
+# -- batches, limits, identity -------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_duplicate_urls_all_returned(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG)
+    reqs = [FetchRequest("x", server.url("/a.jpg")), FetchRequest("y", server.url("/a.jpg")),
+            FetchRequest("x", server.url("/a.jpg"))]  # fmt: skip
+    results = fetch_all(reqs, FAST)
+    assert [r.key for r in results] == ["x", "y", "x"]
+    assert all(r.ok and r.data == JPEG for r in results)
+    assert server.hits("/a.jpg") == 3
+
+
+@pytest.mark.timeout(30)
+def test_per_host_concurrency_limit(server: LoopbackServer) -> None:
+    server.routes["/slow.jpg"] = delayed(respond(JPEG), 0.1)
+    cfg = replace(FAST, per_host_concurrency=3, max_concurrency=20)
+    results = fetch_all([FetchRequest(str(i), server.url("/slow.jpg")) for i in range(15)], cfg)
+    assert all(r.ok for r in results)
+    assert server.max_inflight == 3
+
+
+@pytest.mark.timeout(30)
+def test_global_concurrency_limit(server: LoopbackServer) -> None:
+    server.routes["/slow.jpg"] = delayed(respond(JPEG), 0.1)
+    resolver = StaticResolver({"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"]})
+    cfg = replace(FAST, per_host_concurrency=4, max_concurrency=5)
+    reqs = [FetchRequest(str(i), f"http://{h}.test:{server.port}/slow.jpg") for i in range(10) for h in "ab"]
+    results = fetch_all(reqs, cfg, resolver=resolver)
+    assert all(r.ok for r in results)
+    assert server.max_inflight == 5
+
+
+@pytest.mark.timeout(30)
+def test_per_host_rate_limit(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG)
+    cfg = replace(FAST, per_host_rate=20.0)
+    results = fetch_all([FetchRequest(str(i), server.url("/a.jpg")) for i in range(6)], cfg)
+    assert all(r.ok for r in results)
+    times = sorted(q.time for q in server.requests)  # robots.txt counts against the rate too
+    assert len(times) == 7
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.045
+    assert times[-1] - times[0] >= 0.29
+
+
+@pytest.mark.timeout(30)
+def test_user_agent_is_sent_everywhere(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG)
+    assert fetch_one(server.url("/a.jpg")).ok
+    assert {q.path for q in server.requests} == {"/robots.txt", "/a.jpg"}
+    assert all(q.headers["User-Agent"] == UA for q in server.requests)
+    default = DownloadConfig().user_agent
+    assert fetch_one(server.url("/a.jpg"), replace(FAST, user_agent=default)).ok
+    assert server.requests[-1].headers["User-Agent"] == default
+
+
+@pytest.mark.timeout(30)
+def test_results_in_input_order_and_stream_in_completion_order(server: LoopbackServer) -> None:
+    server.routes["/slow.jpg"] = delayed(respond(b"slow"), 0.3)
+    server.routes["/fast.jpg"] = respond(b"fast")
+    reqs = [FetchRequest("slow", server.url("/slow.jpg")), FetchRequest("fast", server.url("/fast.jpg"))]
+    assert [r.key for r in fetch_all(reqs, FAST)] == ["slow", "fast"]
+
+    async def streamed() -> list[str]:
+        return [r.key async for r in fetch_stream(reqs, FAST)]
+
+    assert asyncio.run(streamed()) == ["fast", "slow"]
+
+
+@pytest.mark.timeout(30)
+def test_stream_consumes_input_lazily(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG)
+    taken = 0
+
+    def endless_requests() -> Iterator[FetchRequest]:
+        nonlocal taken
+        while True:
+            taken += 1
+            yield FetchRequest(str(taken), server.url("/a.jpg"))
+
+    cfg = replace(FAST, max_concurrency=4)
+
+    async def first_ten() -> int:
+        got = 0
+        stream = fetch_stream(endless_requests(), cfg)
+        async for r in stream:
+            assert r.ok
+            got += 1
+            if got == 10:
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+        return got
+
+    assert asyncio.run(first_ten()) == 10
+    assert taken <= 10 + 2 * cfg.max_concurrency + 1
+
+
+@pytest.mark.timeout(30)
+def test_stream_accepts_async_iterables(server: LoopbackServer) -> None:
+    server.routes["/a.jpg"] = respond(JPEG)
+
+    async def source() -> AsyncIterator[FetchRequest]:
+        for i in range(5):
+            await asyncio.sleep(0)
+            yield FetchRequest(str(i), server.url("/a.jpg"))
+
+    async def run() -> list[FetchResult]:
+        return [r async for r in fetch_stream(source(), FAST)]
+
+    results = asyncio.run(run())
+    assert sorted(r.key for r in results) == ["0", "1", "2", "3", "4"]
+    assert all(r.ok for r in results)
+
+
+@pytest.mark.timeout(30)
+def test_serves_a_directory(tmp_path: Path) -> None:
+    root = tmp_path
+    (root / "sub").mkdir()
+    (root / "sub" / "a.jpg").write_bytes(JPEG)
+    with LoopbackServer(directory=root) as srv:
+        ok, missing, escape = fetch_all(
+            [FetchRequest("a", srv.url("/sub/a.jpg")), FetchRequest("b", srv.url("/nope.jpg")),
+             FetchRequest("c", srv.url("/../etc/passwd"))],
+            FAST,
+        )  # fmt: skip
+    assert ok.ok and ok.data == JPEG and ok.content_type == "image/jpeg"
+    assert missing.reason == "http_404" and escape.reason == "http_404"

@@ -1,0 +1,347 @@
+"""Ingest end to end: real files, a real loopback HTTP server, a killed process, a full disk."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from emo8 import Workspace
+from emo8.cli import app
+from emo8.demo import run as run_demo
+from emo8.download import DownloadConfig
+from emo8.ingest import IngestOptions, ingest
+from emo8.sources import create_source
+
+Route = tuple[int, dict[str, str], bytes]
+
+
+class _Server:
+    """A loopback HTTP server with a route table; ``delay`` seconds before each response."""
+
+    def __init__(self, routes: dict[str, Route], delay: float = 0.0) -> None:
+        self.routes, self.delay, self.hits = routes, delay, 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.hits += 1
+                if outer.delay:
+                    time.sleep(outer.delay)
+                code, headers, body = outer.routes.get(self.path, (404, {}, b"not found"))
+                self.send_response(code)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    srv = _Server({"/robots.txt": (404, {}, b"")})
+    yield srv
+    srv.close()
+
+
+def _options(**download: object) -> IngestOptions:
+    config = DownloadConfig(allow_private_networks=True, backoff_base=0.01, retries=1, **download)  # type: ignore[arg-type]
+    return IngestOptions(download=config, workers=2, progress=False, commit_every=16)
+
+
+def _png_bomb(side: int = 40_000) -> bytes:
+    raw = zlib.compress(b"\x00" * 1024)  # a tiny IDAT; the header is what matters
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def _write_list(path: Path, urls: list[str]) -> Path:
+    path.write_text("url,caption\n" + "".join(f"{u},caption {i}\n" for i, u in enumerate(urls)))
+    return path
+
+
+# -- folders --------------------------------------------------------------------------------------------------
+
+
+def test_folder_ingest_validates_stores_and_is_idempotent(ws: Workspace, sample_paths: list[Path]) -> None:
+    folder = sample_paths[0].parent
+    source = create_source("folder", directory=str(folder), domain="mixed")
+    summary = ingest(ws, source, _options())
+    assert summary.new == len(sample_paths) and summary.statuses == {"valid": len(sample_paths)}
+    items = ws.items()
+    assert (items.status == "valid").all()
+    assert (
+        items.phash.str.len().eq(16).all()
+        and items.width.gt(0).all()
+        and items.brightness.between(0, 1).all()
+    )
+    for row in items.itertuples():
+        path = ws.object_path(row.sha256, row.format)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row.sha256
+    again = ingest(ws, create_source("folder", directory=str(folder)), _options())
+    assert (again.new, again.known, again.processed) == (0, len(sample_paths), 0)
+    assert len(ws.items()) == len(sample_paths)
+
+
+def test_same_bytes_from_a_url_and_a_file_are_one_item(
+    ws: Workspace, server: _Server, sample_paths: list[Path], tmp_path: Path
+) -> None:
+    for i, path in enumerate(sample_paths[:5]):
+        server.routes[f"/img/{i}.jpg"] = (200, {"Content-Type": "image/jpeg"}, path.read_bytes())
+    url_list = _write_list(tmp_path / "urls.csv", [f"{server.url}/img/{i}.jpg" for i in range(5)])
+    ingest(ws, create_source("urls", path=str(url_list)), _options())
+    folder = tmp_path / "local"
+    folder.mkdir()
+    for path in sample_paths[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    summary = ingest(ws, create_source("folder", directory=str(folder), license="CC0-1.0"), _options())
+    assert summary.merged == 3
+    items = ws.items()
+    assert len(items) == 5 and (items.status == "valid").all()
+    assert items.license.notna().sum() == 3  # the file origins filled the licence in
+    origins = ws.origins()
+    assert len(origins) == 8
+    assert origins.groupby("item_id").size().max() == 2
+    assert len(list(ws.objects_dir.rglob("*.jpg"))) == 5
+
+
+# -- URLs: every kind of bad input, one list -------------------------------------------------------------------
+
+
+def test_url_ingest_records_every_failure_with_a_reason(
+    ws: Workspace, server: _Server, sample_paths: list[Path], tmp_path: Path
+) -> None:
+    good = sample_paths[0].read_bytes()
+    server.routes.update({
+        "/good.jpg": (200, {"Content-Type": "image/jpeg"}, good),
+        "/html.jpg": (200, {"Content-Type": "image/jpeg"}, b"<!doctype html><html><body>login</body></html>"),
+        "/truncated.jpg": (200, {"Content-Type": "image/jpeg"}, good[: len(good) // 2]),
+        "/empty.jpg": (200, {"Content-Type": "image/jpeg"}, b""),
+        "/bomb.png": (200, {"Content-Type": "image/png"}, _png_bomb()),
+        "/noai.jpg": (200, {"Content-Type": "image/jpeg", "X-Robots-Tag": "noai"}, sample_paths[1].read_bytes()),
+        "/gone.jpg": (404, {}, b"gone"),
+    })  # fmt: skip
+    names = ["good", "html", "truncated", "empty", "bomb", "noai", "gone", "good"]
+    exts = {"bomb": "png"}
+    urls = [f"{server.url}/{n}.{exts.get(n, 'jpg')}" for n in names]
+    url_list = _write_list(tmp_path / "urls.csv", urls)
+    with open(url_list, "a") as handle:
+        handle.write("not-a-url,broken row\n")
+    summary = ingest(ws, create_source("urls", path=str(url_list)), _options())
+    assert summary.new == 8 and summary.known == 1  # the repeated URL is one origin
+    items = ws.items().set_index("url")
+    got = {
+        u.rsplit("/", 1)[-1]: (s, None if pd.isna(r) else r)
+        for u, s, r in zip(items.index, items.status, items.reason, strict=True)
+        if isinstance(u, str)
+    }
+    assert got == {
+        "good.jpg": ("valid", None),
+        "html.jpg": ("invalid", "not_an_image"),
+        "truncated.jpg": ("invalid", "truncated"),
+        "empty.jpg": ("failed", "empty_body"),
+        "bomb.png": ("invalid", "decompression_bomb"),
+        "noai.jpg": ("skipped", "x_robots_tag"),
+        "gone.jpg": ("failed", "http_404"),
+    }
+    malformed = ws.items(where="url IS NULL")
+    assert malformed.reason.tolist() == ["malformed_row"]
+    assert items.loc[f"{server.url}/gone.jpg", "http_status"] == 404
+    assert len(list(ws.objects_dir.rglob("*.*"))) == 1  # only the valid image is stored
+
+
+def test_retry_failed_refetches_only_failed_items(
+    ws: Workspace, server: _Server, sample_paths: list[Path], tmp_path: Path
+) -> None:
+    url_list = _write_list(tmp_path / "urls.csv", [f"{server.url}/later.jpg"])
+    ingest(ws, create_source("urls", path=str(url_list)), _options())
+    assert ws.items().reason.tolist() == ["http_404"]
+    server.routes["/later.jpg"] = (200, {}, sample_paths[2].read_bytes())
+    ingest(ws, create_source("urls", path=str(url_list)), _options())  # a plain re-run does not retry
+    assert ws.items().status.tolist() == ["failed"]
+    options = _options()
+    options.retry_failed = True
+    ingest(ws, create_source("urls", path=str(url_list)), options)
+    assert ws.items().status.tolist() == ["valid"]
+
+
+# -- a killed process ------------------------------------------------------------------------------------------------
+
+
+def _distinct_jpegs(sample_paths: list[Path], count: int) -> list[bytes]:
+    out: list[bytes] = []
+    for i in range(count):
+        image = Image.open(sample_paths[i % len(sample_paths)]).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=60 + i // len(sample_paths))
+        out.append(buffer.getvalue())
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_half_way_then_rerun_accounts_for_every_url_once(
+    tmp_path: Path, sample_paths: list[Path]
+) -> None:
+    images = _distinct_jpegs(sample_paths, 160)
+    routes: dict[str, Route] = {
+        f"/i/{i}.jpg": (200, {"Content-Type": "image/jpeg"}, b) for i, b in enumerate(images)
+    }
+    routes["/robots.txt"] = (200, {}, b"User-agent: *\nAllow: /\n")
+    srv = _Server(routes, delay=0.03)
+    try:
+        urls = [f"{srv.url}/i/{i}.jpg" for i in range(len(images))]
+        url_list = _write_list(tmp_path / "urls.csv", urls + urls[:10])  # duplicates too
+        Workspace.init(tmp_path / "ws")
+        cmd = [
+            sys.executable,
+            "-m",
+            "emo8",
+            "ingest",
+            "urls",
+            str(url_list),
+            "-w",
+            str(tmp_path / "ws"),
+            "--allow-private-networks",
+            "--concurrency",
+            "2",
+            "--per-host",
+            "2",
+            "--workers",
+            "1",
+            "--quiet",
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        done = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                with sqlite3.connect(tmp_path / "ws" / "catalog.sqlite", timeout=5) as db:
+                    done = db.execute("SELECT COUNT(*) FROM items WHERE status = 'valid'").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if done >= 20:
+                break
+        assert proc.poll() is None, "ingest finished before it could be killed; slow the server down"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        ws = Workspace.open(tmp_path / "ws")
+        partial = ws.items()
+        assert 20 <= (partial.status == "valid").sum() < len(images)
+        assert (partial.status == "pending").sum() > 0
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+        assert rerun.returncode == 0, rerun.stderr
+        items = ws.items()
+        origins = ws.origins()
+        assert sorted(origins.url) == sorted(urls)  # every URL exactly once
+        assert len(items) == len(images) and (items.status == "valid").all()
+        assert items.sha256.is_unique
+        for row in items.itertuples():
+            assert (
+                hashlib.sha256(ws.object_path(row.sha256, row.format).read_bytes()).hexdigest() == row.sha256
+            )
+    finally:
+        srv.close()
+
+
+# -- a full disk (a real, tiny tmpfs; needs root) ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_full_disk_gives_a_clear_error_and_loses_nothing(tiny_disk: Path, sample_paths: list[Path]) -> None:
+    ws = Workspace.init(tiny_disk / "ws")
+    source = create_source("folder", directory=str(sample_paths[0].parent))
+    runner = CliRunner()
+    result = runner.invoke(app, ["ingest", "folder", str(sample_paths[0].parent), "-w", str(ws.root), "-q"])
+    assert result.exit_code == 1
+    assert "disk full" in result.output or "disk is full" in result.output
+    partial = ws.items()
+    assert len(partial) == len(sample_paths)
+    stored = partial[partial.status == "valid"]
+    for row in stored.itertuples():  # whatever was committed has its bytes
+        assert ws.object_path(row.sha256, row.format).exists()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
+    summary = ingest(ws, source, _options())
+    assert summary.new == 0
+    assert (ws.items().status == "valid").all() and len(ws.items()) == len(sample_paths)
+
+
+# -- the CLI and the demo -----------------------------------------------------------------------------------
+
+
+def test_cli_init_ingest_status(tmp_path: Path, sample_paths: list[Path]) -> None:
+    runner = CliRunner()
+    ws_path = str(tmp_path / "ws")
+    assert runner.invoke(app, ["init", ws_path]).exit_code == 0
+    folder = tmp_path / "awe"
+    folder.mkdir()
+    for path in sample_paths[:4]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    result = runner.invoke(
+        app, ["ingest", "folder", str(tmp_path), "-r", "--label-from-dir", "-w", ws_path, "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 new" in result.output and "valid=4" in result.output
+    result = runner.invoke(app, ["status", "--json"], env={"EMO8_WORKSPACE": ws_path})
+    counts = json.loads(result.output)
+    assert counts["status"] == {"valid": 4} and counts["weak_label"] == {"awe": 4}
+    missing = runner.invoke(app, ["status", "-w", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "not an Emo8 workspace" in missing.output
+
+
+def test_demo_builds_a_workspace_offline(tmp_path: Path, sample_rows: list[dict[str, str]]) -> None:
+    assert run_demo(tmp_path / "demo") == 0
+    ws = Workspace.open(tmp_path / "demo" / "workspace")
+    counts = ws.status()
+    assert counts["status"] == {"valid": len(sample_rows), "failed": 1}
+    assert counts["source"] == {
+        "folder": len(sample_rows) // 2,
+        "urls": len(sample_rows) - len(sample_rows) // 2 + 1,
+    }

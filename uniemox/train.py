@@ -1,0 +1,404 @@
+"""UniEmoX pretraining loop: one process, or torchrun DDP (NCCL on GPUs, gloo on CPU). Only rank 0 writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from uniemox.checkpoint import (
+    encoder_state_dict,
+    load_checkpoint,
+    load_mae_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from uniemox.config import PretrainConfig
+from uniemox.data import (
+    AugmentConfig,
+    GlobalBatchSampler,
+    PretrainDataset,
+    SampleMeta,
+    build_prompts,
+    open_source,
+)
+from uniemox.losses import LossWeights, pretraining_losses
+from uniemox.models import ClipTeacher, UniEmoX, mae_config, prompt_embeddings
+
+log = logging.getLogger(__name__)
+LOG_FIELDS = ("step", "epoch", "lr", "loss", "l_sim", "l_con", "l_rec", "grad_norm", "images_per_s", "data_s",
+              "step_s", "person_fallback", "gpu_mem_gb")  # fmt: skip
+
+
+# --- distributed ---
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Read torchrun's environment; NCCL when on CUDA, gloo otherwise."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return DistInfo(rank, world, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
+
+
+def all_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    if info.world_size == 1:
+        return dict(values)
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / info.world_size).tolist(), strict=True))
+
+
+def gather_prompt_ids(ids: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """This rank's (b,) prompt ids -> the global micro-batch's (b * world,), in rank order."""
+    if info.world_size == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(info.world_size)]
+    dist.all_gather(parts, ids)
+    return torch.cat(parts)
+
+
+# --- optimiser and schedule ---
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: not on norms, biases, position or class/mask tokens."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class WarmupCosine:
+    """LR multiplier per optimiser step: linear warm-up to 1, then cosine down to ``min_ratio``."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float) -> None:
+        self.warmup, self.total, self.min_ratio = warmup, max(total, 1), min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --- logging ---
+
+
+class RunLogger:
+    """CSV (always) and TensorBoard (when installed) on rank 0; a no-op elsewhere."""
+
+    def __init__(self, out: Path, active: bool, tensorboard: bool) -> None:
+        self.active = active
+        self.tb: Any = None
+        if not active:
+            return
+        self.file = (out / "log.csv").open("a", newline="")
+        self.csv = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
+        if self.file.tell() == 0:
+            self.csv.writeheader()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:
+                log.info("tensorboard is not installed: CSV log only")
+
+    def write(self, row: dict[str, float]) -> None:
+        if not self.active:
+            return
+        self.csv.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"pretrain/{k}", v, int(row["step"]))
+
+    def close(self) -> None:
+        if self.active:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _progress(active: bool, total: int, start: int) -> tuple[Any, Any]:
+    if not active:
+        return nullcontext(), None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn())  # fmt: skip
+    return bar, bar.add_task("pretrain", total=total, completed=start, info="")
+
+
+# --- set-up ---
+
+
+def _merge_detected_boxes(meta: list[SampleMeta], path: str | None) -> list[SampleMeta]:
+    if not path:
+        return meta
+    from uniemox.data import best_person_box
+
+    blob = json.loads(Path(path).read_text())
+    boxes: dict[str, Any] = blob["boxes"]
+    if blob.get("count") not in (None, len(meta)):
+        raise ValueError(f"{path} was made for {blob['count']} images, the data has {len(meta)}")
+    return [
+        SampleMeta(m.attributes, best_person_box(boxes.get(str(i)))) if m.box is None else m
+        for i, m in enumerate(meta)
+    ]
+
+
+def build_student(cfg: PretrainConfig, teacher_dim: int) -> UniEmoX:
+    m = cfg.model
+    arch = mae_config(
+        m.name, img_size=m.img_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
+        num_heads=m.num_heads, decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
+        decoder_num_heads=m.decoder_num_heads,
+    )  # fmt: skip
+    return UniEmoX(arch, teacher_dim, fusion=m.fusion, mask_ratio=m.mask_ratio)
+
+
+def _resolve_resume(cfg: PretrainConfig, resume: str | None) -> tuple[PretrainConfig, dict[str, Any] | None]:
+    """``resume`` = a checkpoint path or "auto" (OUT/last.pt if it exists). The checkpoint's config wins."""
+    if resume == "auto":
+        resume = str(Path(cfg.out) / "last.pt") if (Path(cfg.out) / "last.pt").is_file() else None
+    if resume is None:
+        return cfg, None
+    ckpt = load_checkpoint(resume)
+    saved = PretrainConfig.from_dict(ckpt["config"])
+    saved.out, saved.progress, saved.data.num_workers = cfg.out, cfg.progress, cfg.data.num_workers
+    changed = {k for k, v in saved.to_dict().items() if v != cfg.to_dict().get(k)}
+    if changed:
+        log.warning(
+            "resuming with the checkpoint's config; these given sections differ and are ignored: %s", changed
+        )
+    return saved, ckpt
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    out: Path
+    steps: int
+
+
+def pretrain(cfg: PretrainConfig, resume: str | None = None) -> TrainResult:
+    info = init_distributed(cfg.device)
+    cfg, ckpt = _resolve_resume(cfg, resume)
+    out = Path(cfg.out)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    random.seed(cfg.seed + info.rank)
+    np.random.seed(cfg.seed + info.rank)
+    torch.manual_seed(cfg.seed + info.rank)
+    device, on_cuda = info.device, info.device.type == "cuda"
+
+    # data and prompts
+    source = open_source(cfg.data.path, cfg.data.split, cfg.data.image_col, cfg.data.label_col)
+    meta = _merge_detected_boxes(source.metadata(), cfg.data.person_boxes)
+    with_box = sum(m.box is not None for m in meta)
+    prompts, prompt_ids = build_prompts(meta)
+    data_report = {
+        "images": len(meta),
+        "with_person_box": with_box,
+        "whole_image_person_stream": len(meta) - with_box,
+        "distinct_prompts": len(prompts),
+        "layout": source.name,
+    }
+    log.info("data: %s", data_report)
+
+    # teacher and its prompt embeddings (computed once per distinct prompt)
+    teacher = ClipTeacher.from_open_clip(cfg.teacher.arch, cfg.teacher.pretrained, device)
+    fingerprint = f"{cfg.teacher.arch}|{cfg.teacher.pretrained}"
+    lam_all = prompt_embeddings(
+        teacher, prompts, fingerprint, out / "prompt_embeddings.pt" if info.is_main else None
+    )
+    logit_scale = teacher.logit_scale
+
+    # student, optimiser, schedule
+    model = build_student(cfg, teacher.embed_dim).to(device)
+    if cfg.model.init_mae and ckpt is None:
+        report = load_mae_checkpoint(model.mae, cfg.model.init_mae)
+        if info.is_main:
+            (out / "init_report.json").write_text(json.dumps(asdict(report), indent=2))
+    o = cfg.optim
+    global_micro = o.batch_size * info.world_size
+    eff_batch = global_micro * o.accum_steps
+    lr = o.base_lr * eff_batch / 256
+    steps_per_epoch = len(meta) // eff_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(meta)} images are fewer than one effective batch of {eff_batch}")
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=lr, betas=o.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, o.min_lr / lr))
+    step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step = int(ckpt["step"])
+        states = ckpt.get("rng") or []
+        if len(states) == info.world_size:
+            set_rng_state(states[info.rank])
+        log.info("resumed from step %d", step)
+    if step >= total:
+        log.info("nothing to do: step %d >= total %d", step, total)
+    ddp_model: nn.Module = (
+        DDP(model, device_ids=[device.index] if on_cuda else None) if info.world_size > 1 else model
+    )
+    run_model = cast(nn.Module, torch.compile(ddp_model)) if cfg.compile else ddp_model
+
+    augment = AugmentConfig(
+        cfg.model.img_size, cfg.data.scale, (3 / 4, 4 / 3), cfg.data.person_scale, cfg.data.hflip
+    )
+    dataset = PretrainDataset(source, meta, prompt_ids, augment, model.mae.patch_embed.num_patches, cfg.seed)
+    sampler = GlobalBatchSampler(len(meta), o.batch_size, info.world_size, info.rank, cfg.seed,
+                                 total * o.accum_steps, step * o.accum_steps)  # fmt: skip
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=on_cuda,
+                        persistent_workers=False)  # fmt: skip
+    weights = LossWeights(cfg.loss.w_sim, cfg.loss.w_con, cfg.loss.w_rec)
+    autocast: AbstractContextManager[Any] = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
+    )
+    logger = RunLogger(out, info.is_main, cfg.tensorboard)
+    if info.is_main:
+        (out / "data_report.json").write_text(json.dumps(data_report, indent=2))
+        log.info(
+            "lr %.3g (base %.3g x %d / 256), %d steps (%d/epoch), warm-up %d",
+            *(lr, o.base_lr, eff_batch, total, steps_per_epoch, warmup),
+        )
+
+    history: list[dict[str, float]] = []
+    fallback = 0
+    batches = iter(loader)
+    bar, task = _progress(cfg.progress and info.is_main, total, step)
+    model.train()
+    with bar:
+        while step < total:
+            t0 = time.perf_counter()
+            data_s, sums = 0.0, dict.fromkeys(("loss", "l_sim", "l_con", "l_rec"), 0.0)
+            for micro in range(o.accum_steps):
+                td = time.perf_counter()
+                batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+                data_s += time.perf_counter() - td
+                fallback += int((~batch["used_box"]).sum())
+                omega = teacher.encode_images(batch["scene"])  # (b, E): the same augmented scene images
+                lam = lam_all[gather_prompt_ids(batch["prompt_id"], info)]  # (b * world, E)
+                sync = micro == o.accum_steps - 1 or info.world_size == 1
+                ctx = ddp_model.no_sync() if isinstance(ddp_model, DDP) and not sync else nullcontext()
+                with ctx:
+                    with autocast:
+                        s = run_model(
+                            batch["scene"], batch["person"], batch["scene_noise"], batch["person_noise"]
+                        )
+                    terms = pretraining_losses(
+                        *(s.gamma, omega, lam, logit_scale, s.pred, s.target, s.mask),
+                        weights=weights,
+                        norm_pix=cfg.model.norm_pix_loss,
+                    )
+                    (terms["loss"] / o.accum_steps).backward()
+                for k in sums:
+                    sums[k] += float(terms[k].detach()) / o.accum_steps
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), o.clip_grad if o.clip_grad else float("inf")
+                )
+            )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            current_lr = float(scheduler.get_last_lr()[0])
+            scheduler.step()
+            step += 1
+            if on_cuda:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            row: dict[str, float] = {
+                "step": step, "epoch": (step - 1) // steps_per_epoch, "lr": current_lr,
+                **all_mean({**sums, "person_fallback": float(fallback)}, info),
+                "grad_norm": grad_norm, "images_per_s": eff_batch / dt, "data_s": data_s, "step_s": dt,
+                "gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if on_cuda else 0.0,
+            }  # fmt: skip
+            row["person_fallback"] = round(row["person_fallback"] * info.world_size)  # summed over ranks
+            history.append(row)
+            if step % cfg.log_every == 0 or step == total:
+                logger.write(row)
+            if task is not None:
+                bar.update(
+                    task, completed=step, info=f"loss {row['loss']:.4f} {row['images_per_s']:.1f} img/s"
+                )
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total:
+                _checkpoint(cfg, model, optimizer, scheduler, step, out, info)
+    logger.close()
+    if info.is_main:
+        torch.save({"model": encoder_state_dict(model), "config": asdict(cfg.model)}, out / "encoder.pth")
+    if info.world_size > 1:
+        dist.barrier()
+    return TrainResult(history, out, step)
+
+
+def _checkpoint(
+    cfg: PretrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    out: Path,
+    info: DistInfo,
+) -> None:
+    states: list[Any] = [None] * info.world_size
+    if info.world_size > 1:
+        dist.all_gather_object(states, rng_state())
+    else:
+        states = [rng_state()]
+    if info.is_main:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "config": cfg.to_dict(),
+            "rng": states,
+            "world_size": info.world_size,
+        }
+        save_checkpoint(state, out, step, cfg.keep_checkpoints)
