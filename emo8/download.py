@@ -5,12 +5,14 @@ request of a batch. Politeness and safety checks, in the order a request meets t
 
 1. the URL must parse and be ``http``/``https`` (``malformed_url``);
 2. an IP-literal host must be public (``private_address``), see :func:`is_public_address`;
-3. robots.txt of the URL's origin (scheme, host, port) is fetched once per batch, with every concurrent
-   request for that origin waiting on the single fetch, and honoured for our product token (``robots_txt``).
+3. robots.txt of the URL's origin (scheme, host, port) is fetched once, with every concurrent request for
+   that origin waiting on the single fetch, cached for the batch (at most 24 h; an unreachable one 10 min)
+   and honoured for our product token, the User-Agent's first word (``robots_txt``).
    Policy of RFC 9309 section 2.3.1: 2xx is parsed; up to 5 redirects are followed; 4xx (except 429) means
    "no robots.txt", so all is allowed; 429, 5xx and network errors mean "unreachable", which is retried like
    any request and then taken as complete disallow (a network error reports its own reason, e.g. ``timeout``);
 4. per-host concurrency, per-host rate (and any ``Retry-After`` pause of that host), global concurrency;
+   a host is a hostname (or IP literal), robots.txt included;
 5. hostnames are resolved by :class:`GuardedResolver`, which drops non-public addresses *inside* the
    connector, so the socket connects to exactly the address that was checked (no DNS-rebinding window);
 6. redirects are followed by hand; every hop repeats steps 1-5; a revisited URL or more than
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import email.utils
 import ipaddress
+import math
 import random
 import re
 import socket
@@ -91,6 +94,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _HOSTNAME = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?")
 _NUMERIC_LABEL = re.compile(r"(?:0[xX][0-9A-Fa-f]*|[0-9]+)")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_ROBOTS_TTL = 24 * 3600.0  # RFC 9309: a cached robots.txt SHOULD NOT be used for more than 24 hours
+_ROBOTS_RETRY_TTL = 600.0  # an unreachable robots.txt (complete disallow) is fetched again after this
+_ROBOTS_CACHE_SIZE = 100_000  # origins kept
 
 
 @dataclass(frozen=True)
@@ -353,6 +359,7 @@ class _Host:
     interval: float
     next_start: float = 0.0
     not_before: float = 0.0
+    users: int = 0  # requests holding or waiting for this gate; an idle gate is dropped
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def turn(self) -> None:
@@ -367,6 +374,21 @@ class _Host:
     def pause(self, seconds: float) -> None:
         self.not_before = max(self.not_before, asyncio.get_running_loop().time() + seconds)
 
+    def idle(self, now: float) -> bool:
+        return self.users == 0 and now >= max(self.next_start, self.not_before)
+
+
+@dataclass
+class _RobotsEntry:
+    """A robots.txt verdict (or its fetch in progress) for one origin, valid until ``expires``."""
+
+    task: asyncio.Task[RobotsRules | tuple[str, str]]
+    expires: float = math.inf
+
+    def finished(self, task: asyncio.Task[RobotsRules | tuple[str, str]]) -> None:
+        good = not task.cancelled() and task.exception() is None and isinstance(task.result(), RobotsRules)
+        self.expires = asyncio.get_running_loop().time() + (_ROBOTS_TTL if good else _ROBOTS_RETRY_TTL)
+
 
 class _Fetcher:
     """State of one batch: the session, per-host gates and the robots.txt cache."""
@@ -379,7 +401,7 @@ class _Fetcher:
         self._allow = None if config.allow_private_networks else (allow or is_public_address)
         self._global = asyncio.Semaphore(config.max_concurrency)
         self._hosts: dict[str, _Host] = {}
-        self._robots: dict[str, asyncio.Task[RobotsRules | tuple[str, str]]] = {}
+        self._robots: dict[str, _RobotsEntry] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> _Fetcher:
@@ -403,9 +425,10 @@ class _Fetcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._robots.values():
+        tasks = [entry.task for entry in self._robots.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._robots.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
@@ -427,6 +450,17 @@ class _Fetcher:
         """One GET without following redirects. The body is read only for 2xx; raises :class:`_Fail`."""
         assert self._session is not None and url.raw_host is not None
         gate = self._host(url.raw_host)
+        gate.users += 1
+        try:
+            return await self._get_through(gate, url, limit, truncate, x_robots)
+        finally:
+            gate.users -= 1
+            if gate.idle(asyncio.get_running_loop().time()):
+                self._hosts.pop(url.raw_host, None)
+
+    async def _get_through(self, gate: _Host, url: URL, limit: int, truncate: bool, x_robots: bool) -> _Reply:
+        assert self._session is not None
+        cfg = self.config
         status: int | None = None
         ctype: str | None = None
         async with gate.sem:
@@ -440,11 +474,11 @@ class _Fetcher:
                             if status == 429 or status >= 500:
                                 retry_after = parse_retry_after(resp.headers.get(hdrs.RETRY_AFTER))
                                 if retry_after:
-                                    gate.pause(min(retry_after, self.config.backoff_max))
+                                    gate.pause(min(retry_after, cfg.backoff_max))
                             return _Reply(status, ctype, None, resp.headers.get(hdrs.LOCATION), retry_after)
                         if x_robots:
                             tags = resp.headers.getall("X-Robots-Tag", ())
-                            directive = x_robots_blocked(tags, self.config.user_agent) if tags else None
+                            directive = x_robots_blocked(tags, cfg.user_agent) if tags else None
                             if directive:
                                 raise _Fail("x_robots_tag", f"X-Robots-Tag: {directive}")
                         return _Reply(status, ctype, await _read_body(resp, limit, truncate))
@@ -453,6 +487,11 @@ class _Fetcher:
                     raise
                 except Exception as exc:
                     fail = _classify(exc)
+                    if fail.reason == "timeout":
+                        connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
+                        limit_name = "connect_timeout" if connecting else "total_timeout"
+                        limit_value = cfg.connect_timeout if connecting else cfg.total_timeout
+                        fail.error = f"{type(exc).__name__}: exceeded {limit_name}={limit_value}s"
                     fail.status, fail.content_type = status, ctype
                     raise fail from None
 
@@ -460,10 +499,16 @@ class _Fetcher:
         """Raise :class:`_Fail` unless robots.txt of the URL's origin allows it (one fetch per origin)."""
         origin = url.origin()
         key = str(origin)
-        task = self._robots.get(key)
-        if task is None:
-            task = self._robots[key] = asyncio.create_task(self._load_robots(origin))
-        verdict = await asyncio.shield(task)
+        entry = self._robots.get(key)
+        if entry is None or asyncio.get_running_loop().time() > entry.expires:
+            self._robots.pop(key, None)  # (re-)insert at the end: the dict is oldest first
+            entry = self._robots[key] = _RobotsEntry(asyncio.create_task(self._load_robots(origin)))
+            entry.task.add_done_callback(entry.finished)
+            if len(self._robots) > _ROBOTS_CACHE_SIZE:
+                oldest = next(iter(self._robots))
+                if self._robots[oldest].task.done():
+                    del self._robots[oldest]
+        verdict = await asyncio.shield(entry.task)
         if isinstance(verdict, tuple):
             raise _Fail(*verdict)
         if not verdict.allowed(url.raw_path_qs):
@@ -659,7 +704,7 @@ async def fetch_stream(
     *,
     resolver: AbstractResolver | None = None,
     address_filter: AddressFilter | None = None,
-) -> AsyncIterator[FetchResult]:
+) -> AsyncGenerator[FetchResult, None]:
     """Fetch requests concurrently and yield their results as they complete.
 
     The input (sync or async iterable) is consumed lazily: at most ``2 * max_concurrency`` requests are

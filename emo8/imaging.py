@@ -51,7 +51,7 @@ REASONS = (
 )
 
 #: Side of the square RGB image every signal is computed from.
-SIGNAL_SIDE = 128
+SIGNAL_SIDE = 64
 #: Side of the square RGB image the pixel hash is taken over.
 PIXEL_HASH_SIDE = 32
 
@@ -325,7 +325,8 @@ def inspect_image(data: bytes, config: ValidationConfig = ValidationConfig()) ->
 
     Returns
     -------
-    An :class:`ImageInfo`. Bad input never raises: it becomes ``ok=False`` with a ``reason``.
+    An :class:`ImageInfo`. Bad input never raises: it becomes ``ok=False`` with a ``reason``. Pillow's
+    warnings are silenced meanwhile (``warnings.catch_warnings``, process-global: prefer a process pool).
 
     Signals come from the decoded first frame after EXIF orientation and flattening onto white, resized (box
     filter, aspect not kept) to ``SIGNAL_SIDE`` x ``SIGNAL_SIDE`` RGB; a JPEG is decoded at the smallest DCT

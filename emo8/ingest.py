@@ -28,7 +28,7 @@ from emo8.catalog import SIGNAL_COLUMNS, ItemOutcome, OriginRecord
 from emo8.download import DownloadConfig, FetchRequest, FetchResult, fetch_stream
 from emo8.imaging import ImageInfo, ValidationConfig, inspect_image
 from emo8.sources import Source, read_local
-from emo8.workspace import Workspace
+from emo8.workspace import ObjectStore, Workspace
 
 #: Fetch failures that are a site's policy (or our SSRF guard), not an error: recorded as ``skipped``.
 POLICY_REASONS = frozenset({"robots_txt", "x_robots_tag", "private_address"})
@@ -36,12 +36,14 @@ POLICY_REASONS = frozenset({"robots_txt", "x_robots_tag", "private_address"})
 
 @dataclass
 class IngestOptions:
-    """How to fetch and validate. ``workers`` decode processes; outcomes are committed every ``commit_every``."""
+    """How to fetch and validate: ``workers`` decode processes, each sent ``batch_size`` images at a time;
+    outcomes are committed every ``commit_every`` items (one transaction each)."""
 
     download: DownloadConfig = field(default_factory=DownloadConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     workers: int = max(1, os.cpu_count() or 1)
     commit_every: int = 256
+    batch_size: int = 16
     retry_failed: bool = False
     register_chunk: int = 5000
     progress: bool = True
@@ -131,19 +133,47 @@ def process_pending(
 # -- the pieces ----------------------------------------------------------------------------------------------
 
 
-def inspect_bytes(data: bytes, config: ValidationConfig) -> tuple[str, ImageInfo]:
-    """Return ``(sha256 of data, ImageInfo)``; runs in a decode worker process."""
-    return hashlib.sha256(data).hexdigest(), inspect_image(data, config)
+@dataclass(frozen=True)
+class Checked:
+    """What a decode worker found for one item: a read failure, or the sha256 and validation of its bytes."""
+
+    sha256: str | None = None
+    info: ImageInfo | None = None
+    new_bytes: int = 0
+    read_failure: tuple[str, str] | None = None
 
 
-def outcome_for(
-    item_id: str, sha256: str, info: ImageInfo, http_status: int | None, attempts: int
-) -> ItemOutcome:
-    """Turn a validation result into a catalog outcome (invalid bytes are not stored and carry no sha256)."""
+def check_and_store(source: bytes | str, config: ValidationConfig, store: ObjectStore) -> Checked:
+    """Validate downloaded bytes, or the bytes at a local locator (a file path or ``hf://...``), and store them
+    if valid; runs in a decode worker, so reading, decoding and writing all happen off the event loop.
+
+    Invalid bytes are never stored.
+    """
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = read_local(source)
+        except FileNotFoundError as exc:
+            return Checked(read_failure=("missing_file", str(exc)))
+        except OSError as exc:
+            return Checked(read_failure=("unreadable", str(exc)))
+    sha256 = hashlib.sha256(data).hexdigest()
+    info = inspect_image(data, config)
+    new = info.ok and store.put(data, info.format, sha256)[1]
+    return Checked(sha256, info, len(data) if new else 0)
+
+
+def outcome_for(item_id: str, checked: Checked, http_status: int | None, attempts: int) -> ItemOutcome:
+    """Turn a worker's finding into a catalog outcome (invalid bytes carry no sha256: they are not stored)."""
+    if checked.read_failure is not None:
+        return ItemOutcome(item_id, "failed", *checked.read_failure, http_status, attempts)
+    info = checked.info
+    assert info is not None
     if not info.ok:
         return ItemOutcome(item_id, "invalid", info.reason, info.error, http_status, attempts)
-    signals = {k: v for k, v in info.as_dict().items() if k in SIGNAL_COLUMNS}
-    return ItemOutcome(item_id, "valid", None, None, http_status, attempts, sha256, signals)
+    signals = {k: getattr(info, k) for k in SIGNAL_COLUMNS}
+    return ItemOutcome(item_id, "valid", None, None, http_status, attempts, checked.sha256, signals)
 
 
 def outcome_for_fetch_failure(result: FetchResult) -> ItemOutcome:
@@ -161,19 +191,10 @@ class _OutcomeSink:
         self.last_flush = time.monotonic()
         self.progress: Progress | None = None
 
-    def store_and_add(
-        self, item_id: str, data: bytes, sha256: str, info: ImageInfo, http: int | None, tries: int
-    ) -> None:
-        if info.ok:
-            path = self.ws.object_path(sha256, info.format)
-            if not path.exists():
-                self.ws.store_object(data, info.format, sha256)
-                self.summary.bytes_stored += len(data)
-        self.add(outcome_for(item_id, sha256, info, http, tries))
-
-    def add(self, outcome: ItemOutcome) -> None:
+    def add(self, outcome: ItemOutcome, new_bytes: int = 0) -> None:
         self.buffer.append(outcome)
         self.summary.processed += 1
+        self.summary.bytes_stored += new_bytes
         self.summary.statuses[outcome.status] += 1
         if outcome.reason:
             self.summary.reasons[outcome.reason] += 1
@@ -190,61 +211,86 @@ class _OutcomeSink:
         self.last_flush = time.monotonic()
 
 
+def check_batch(sources: list[bytes | str], config: ValidationConfig, store: ObjectStore) -> list[Checked]:
+    """:func:`check_and_store` over a batch (one round trip to a worker per batch, not per image)."""
+    return [check_and_store(source, config, store) for source in sources]
+
+
 def _process_local(
     ws: Workspace, rows: pd.DataFrame, options: IngestOptions, pool: ProcessPoolExecutor, sink: _OutcomeSink
 ) -> None:
-    """Read local origins and validate them in the pool, with a bounded number in flight."""
-    in_flight: dict[Future[tuple[str, ImageInfo]], tuple[str, bytes]] = {}
-    limit = options.workers * 4
+    """Validate local origins in the pool (workers read the files themselves), a bounded number in flight."""
+    in_flight: dict[Future[list[Checked]], list[str]] = {}
 
     def drain(block_until: int) -> None:
         while len(in_flight) > block_until:
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
-                item_id, data = in_flight.pop(future)
-                sha256, info = future.result()
-                sink.store_and_add(item_id, data, sha256, info, None, 1)
+                for item_id, checked in zip(in_flight.pop(future), future.result(), strict=True):
+                    sink.add(outcome_for(item_id, checked, None, 1), checked.new_bytes)
 
-    for item_id, source_path in zip(rows.item_id, rows.source_path, strict=True):
-        try:
-            data = read_local(source_path)
-        except FileNotFoundError as exc:
-            sink.add(ItemOutcome(item_id, "failed", "missing_file", str(exc), attempts=1))
-            continue
-        except OSError as exc:
-            sink.add(ItemOutcome(item_id, "failed", "unreadable", str(exc), attempts=1))
-            continue
-        in_flight[pool.submit(inspect_bytes, data, options.validation)] = (item_id, data)
-        drain(limit)
+    for start in range(0, len(rows), options.batch_size):
+        chunk = rows.iloc[start : start + options.batch_size]
+        future = pool.submit(check_batch, chunk.source_path.tolist(), options.validation, ws.objects)
+        in_flight[future] = chunk.item_id.tolist()
+        drain(options.workers * 2)
     drain(0)
 
 
 async def _process_remote(
     ws: Workspace, rows: pd.DataFrame, options: IngestOptions, pool: ProcessPoolExecutor, sink: _OutcomeSink
 ) -> None:
-    """Download remote origins and validate each response in the pool while the next ones download."""
-    loop = asyncio.get_running_loop()
-    slots = asyncio.Semaphore(options.workers * 8)
-    tasks: set[asyncio.Task[None]] = set()
+    """Download remote origins; bodies go to the pool in batches for validation while the next ones download.
 
-    async def validate(result: FetchResult) -> None:
+    A batch is sent when it is full, or after half a second, so a slow or rate-limited host never holds
+    downloaded images back for long.
+    """
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(options.workers * 3)  # batches in flight
+    tasks: set[asyncio.Task[None]] = set()
+    batch: list[FetchResult] = []
+
+    async def validate(results: list[FetchResult]) -> None:
         try:
-            assert result.data is not None
-            sha256, info = await loop.run_in_executor(pool, inspect_bytes, result.data, options.validation)
-            sink.store_and_add(result.key, result.data, sha256, info, result.http_status, result.attempts)
+            sources: list[bytes | str] = [r.data for r in results if r.data is not None]
+            checked = await loop.run_in_executor(pool, check_batch, sources, options.validation, ws.objects)
+            for result, found in zip(results, checked, strict=True):
+                sink.add(outcome_for(result.key, found, result.http_status, result.attempts), found.new_bytes)
         finally:
             slots.release()
 
-    requests = (FetchRequest(key, url) for key, url in zip(rows.item_id, rows.url, strict=True))
-    async for result in fetch_stream(requests, options.download):
-        if not result.ok or result.data is None:
-            sink.add(outcome_for_fetch_failure(result))
-            continue
+    async def send_batch() -> None:
+        nonlocal batch
         await slots.acquire()
-        task = loop.create_task(validate(result))
+        if not batch:  # the other sender took it while we waited for a slot
+            slots.release()
+            return
+        task = loop.create_task(validate(batch))
+        batch = []
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-    if tasks:
+
+    async def send_stale_batches() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if batch:
+                await send_batch()
+
+    ticker = loop.create_task(send_stale_batches())
+    requests = (FetchRequest(key, url) for key, url in zip(rows.item_id, rows.url, strict=True))
+    try:
+        async for result in fetch_stream(requests, options.download):
+            if not result.ok or result.data is None:
+                sink.add(outcome_for_fetch_failure(result))
+                continue
+            batch.append(result)
+            if len(batch) >= options.batch_size:
+                await send_batch()
+    finally:
+        ticker.cancel()
+    if batch:
+        await send_batch()
+    while tasks:
         await asyncio.gather(*tasks)
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,31 @@ CATALOG_NAME = "catalog.sqlite"
 FORMAT_VERSION = 1
 
 
+@dataclass(frozen=True)
+class ObjectStore:
+    """Content-addressed image bytes under ``root`` (``ab/abcdef....jpg``); picklable, so decode workers write too."""
+
+    root: Path
+    tmp: Path
+
+    def path(self, sha256: str, fmt: str | None) -> Path:
+        """Return where the bytes with ``sha256`` in format ``fmt`` (e.g. ``"jpeg"``) are stored."""
+        return self.root / sha256[:2] / f"{sha256}{_EXTENSIONS.get(fmt or '', '.bin')}"
+
+    def put(self, data: bytes, fmt: str | None, sha256: str | None = None) -> tuple[str, bool]:
+        """Store ``data`` atomically unless present; return ``(sha256, newly_written)``.
+
+        Raises :class:`WorkspaceError` when the disk is full; nothing partial is left behind.
+        """
+        digest = sha256 or hashlib.sha256(data).hexdigest()
+        path = self.path(digest, fmt)
+        if path.exists():
+            return digest, False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, data, self.tmp, durable=False)
+        return digest, True
+
+
 class Workspace:
     """An Emo8 workspace rooted at ``root``; create one with :meth:`init`, open one with :meth:`open`."""
 
@@ -39,6 +65,7 @@ class Workspace:
         self.root = root
         self.config = config
         self.catalog = Catalog(root / CATALOG_NAME)
+        self.objects = ObjectStore(root / "objects", root / "tmp")
 
     # -- creation -------------------------------------------------------------------------------------------
 
@@ -102,26 +129,11 @@ class Workspace:
 
     def object_path(self, sha256: str, fmt: str | None) -> Path:
         """Return where the bytes with ``sha256`` in format ``fmt`` (e.g. ``"jpeg"``) are stored."""
-        ext = _EXTENSIONS.get(fmt or "", ".bin")
-        return self.objects_dir / sha256[:2] / f"{sha256}{ext}"
-
-    # -- objects ----------------------------------------------------------------------------------------------
-
-    def store_object(self, data: bytes, fmt: str | None, sha256: str | None = None) -> tuple[str, Path]:
-        """Store ``data`` content-addressed (atomic write; no-op if present); return ``(sha256, path)``.
-
-        Raises :class:`WorkspaceError` with a clear message when the disk is full; nothing partial is left behind.
-        """
-        digest = sha256 or hashlib.sha256(data).hexdigest()
-        path = self.object_path(digest, fmt)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, data, self.tmp_dir)
-        return digest, path
+        return self.objects.path(sha256, fmt)
 
     def read_object(self, sha256: str, fmt: str | None) -> bytes:
         """Return the stored bytes of ``sha256``."""
-        return self.object_path(sha256, fmt).read_bytes()
+        return self.objects.path(sha256, fmt).read_bytes()
 
     # -- config -----------------------------------------------------------------------------------------------
 
@@ -160,15 +172,20 @@ _EXTENSIONS = {
 }
 
 
-def _atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """Write ``data`` to ``path`` via a temp file in ``tmp_dir`` + fsync + rename; never leave a partial file."""
+def _atomic_write(path: Path, data: bytes, tmp_dir: Path, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temp file in ``tmp_dir`` and a rename; never leave a partial file.
+
+    ``durable`` adds an fsync before the rename (config files); image objects skip it for throughput: the rename
+    alone is atomic against a killed process, which is the guarantee the catalog documents.
+    """
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix=".part-")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except OSError as exc:
         try:

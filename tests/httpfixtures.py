@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import mimetypes
 import socket
 import struct
 import threading
@@ -63,8 +64,9 @@ class RecordedRequest:
 class LoopbackServer:
     """HTTP server on ``host`` (a loopback address) and a free port, running in a daemon thread.
 
-    ``routes`` maps exact request paths to handlers; ``directory`` serves files for the other paths.
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    ``routes`` maps exact request paths to handlers; ``directory`` serves files for the other paths
+    (``cache_files`` keeps them in memory after the first read, for benchmarks). Use as a context
+    manager, or call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
@@ -73,9 +75,12 @@ class LoopbackServer:
         directory: str | Path | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        cache_files: bool = False,
     ) -> None:
         self.routes: dict[str, Handler] = dict(routes or {})
         self.directory = Path(directory).resolve() if directory is not None else None
+        self.cache_files = cache_files
+        self._file_cache: dict[Path, bytes] = {}
         self.host, self.port = host, port
         self.requests: list[RecordedRequest] = []
         self.inflight = 0
@@ -184,7 +189,13 @@ class LoopbackServer:
             if self.directory is not None:
                 target = (self.directory / request.path.lstrip("/")).resolve()
                 if target.is_file() and target.is_relative_to(self.directory):
-                    return web.FileResponse(target)
+                    if not self.cache_files:
+                        return web.FileResponse(target)
+                    data = self._file_cache.get(target)
+                    if data is None:
+                        data = self._file_cache[target] = target.read_bytes()
+                    ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+                    return web.Response(body=data, content_type=ctype)
             return web.Response(status=404, text="not found")
         finally:
             self.inflight -= 1

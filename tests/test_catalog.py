@@ -101,9 +101,9 @@ def test_open_rejects_a_non_workspace(tmp_path: Path) -> None:
 
 
 def test_store_object_is_content_addressed_and_atomic(ws: Workspace) -> None:
-    digest, path = ws.store_object(b"\xff\xd8hello", "jpeg")
-    assert path == ws.objects_dir / digest[:2] / f"{digest}.jpg"
+    digest, created = ws.objects.put(b"\xff\xd8hello", "jpeg")
+    path = ws.object_path(digest, "jpeg")
+    assert created and path == ws.objects_dir / digest[:2] / f"{digest}.jpg"
     assert path.read_bytes() == b"\xff\xd8hello"
-    again, _ = ws.store_object(b"\xff\xd8hello", "jpeg")
-    assert again == digest
+    assert ws.objects.put(b"\xff\xd8hello", "jpeg") == (digest, False)
     assert not [p for p in ws.tmp_dir.iterdir() if p.name.startswith(".part-")]

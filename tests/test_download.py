@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gzip
 import ipaddress
 import itertools
 import socket
+import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -25,6 +27,7 @@ from httpfixtures import (
 )
 
 from emo8.download import (
+    AddressFilter,
     DownloadConfig,
     FetchRequest,
     FetchResult,
@@ -58,8 +61,13 @@ def server() -> Iterator[LoopbackServer]:
         yield srv
 
 
-def fetch_one(url: str, config: DownloadConfig = FAST, **kwargs: object) -> FetchResult:
-    [result] = fetch_all([FetchRequest("k", url)], config, **kwargs)  # type: ignore[arg-type]
+def fetch_one(
+    url: str,
+    config: DownloadConfig = FAST,
+    resolver: StaticResolver | None = None,
+    address_filter: AddressFilter | None = None,
+) -> FetchResult:
+    [result] = fetch_all([FetchRequest("k", url)], config, resolver=resolver, address_filter=address_filter)
     return result
 
 
@@ -163,8 +171,8 @@ def test_backoff_delay_full_jitter_and_caps() -> None:
 def test_retryable_reasons() -> None:
     for reason in ("timeout", "connection_error", "http_429", "http_500", "http_503"):
         assert is_retryable_reason(reason)
-    for reason in ("http_404", "http_403", "http_400", "robots_txt", "too_large", "malformed_url", None):
-        assert not is_retryable_reason(reason)
+    for other in ("http_404", "http_403", "http_400", "robots_txt", "too_large", "malformed_url", None):
+        assert not is_retryable_reason(other)
 
 
 # -- broken transfers ----------------------------------------------------------------------------------
@@ -203,6 +211,21 @@ def test_declared_length_over_max_bytes_is_refused_unread(server: LoopbackServer
 
 
 @pytest.mark.timeout(30)
+def test_compressed_bodies_are_decoded_and_capped_after_decoding(server: LoopbackServer) -> None:
+    headers = {"Content-Encoding": "gzip"}
+    server.routes["/small.jpg"] = respond(gzip.compress(JPEG), content_type="image/jpeg", headers=headers)
+    server.routes["/bomb.jpg"] = respond(
+        gzip.compress(bytes(20_000_000)), content_type="image/jpeg", headers=headers
+    )
+    small, bomb = fetch_all(
+        [FetchRequest("s", server.url("/small.jpg")), FetchRequest("b", server.url("/bomb.jpg"))],
+        replace(FAST, max_bytes=1_000_000),
+    )
+    assert small.ok and small.data == JPEG
+    assert (bomb.ok, bomb.reason, bomb.attempts) == (False, "too_large", 1)
+
+
+@pytest.mark.timeout(30)
 def test_stalled_server_times_out(server: LoopbackServer) -> None:
     server.routes["/stall.jpg"] = stall(30)
     start = time.monotonic()
@@ -227,6 +250,16 @@ def test_connection_refused_is_retried() -> None:
         port = sock.getsockname()[1]
     r = fetch_one(f"http://127.0.0.1:{port}/x.jpg", replace(FAST, respect_robots_txt=False))
     assert (r.ok, r.reason, r.attempts) == (False, "connection_error", FAST.retries + 1)
+
+
+@pytest.mark.timeout(30)
+def test_unreachable_host_reports_the_network_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = fetch_one(f"http://127.0.0.1:{port}/x.jpg")  # the robots.txt fetch already fails (and is retried)
+    assert (r.ok, r.reason, r.attempts) == (False, "connection_error", 0)
+    assert (r.error or "").startswith("robots.txt: ")
 
 
 @pytest.mark.timeout(30)
@@ -587,13 +620,14 @@ def test_global_concurrency_limit(server: LoopbackServer) -> None:
 @pytest.mark.timeout(30)
 def test_per_host_rate_limit(server: LoopbackServer) -> None:
     server.routes["/a.jpg"] = respond(JPEG)
-    cfg = replace(FAST, per_host_rate=20.0)
+    cfg = replace(FAST, per_host_rate=10.0)
     results = fetch_all([FetchRequest(str(i), server.url("/a.jpg")) for i in range(6)], cfg)
     assert all(r.ok for r in results)
     times = sorted(q.time for q in server.requests)  # robots.txt counts against the rate too
     assert len(times) == 7
-    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.045
-    assert times[-1] - times[0] >= 0.29
+    # Starts are 0.1 s apart on the client; arrival times jitter a little on a busy machine.
+    assert times[-1] - times[0] >= 0.55
+    assert statistics.median(b - a for a, b in itertools.pairwise(times)) >= 0.08
 
 
 @pytest.mark.timeout(30)
@@ -641,7 +675,7 @@ def test_stream_consumes_input_lazily(server: LoopbackServer) -> None:
             got += 1
             if got == 10:
                 break
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         return got
 
     assert asyncio.run(first_ten()) == 10
@@ -667,14 +701,11 @@ def test_stream_accepts_async_iterables(server: LoopbackServer) -> None:
 
 @pytest.mark.timeout(30)
 def test_serves_a_directory(tmp_path: Path) -> None:
-    root = tmp_path
-    (root / "sub").mkdir()
-    (root / "sub" / "a.jpg").write_bytes(JPEG)
-    with LoopbackServer(directory=root) as srv:
-        ok, missing, escape = fetch_all(
-            [FetchRequest("a", srv.url("/sub/a.jpg")), FetchRequest("b", srv.url("/nope.jpg")),
-             FetchRequest("c", srv.url("/../etc/passwd"))],
-            FAST,
-        )  # fmt: skip
-    assert ok.ok and ok.data == JPEG and ok.content_type == "image/jpeg"
-    assert missing.reason == "http_404" and escape.reason == "http_404"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jpg").write_bytes(JPEG)
+    for cache in (False, True):
+        with LoopbackServer(directory=tmp_path, cache_files=cache) as srv:
+            reqs = [FetchRequest("a", srv.url("/sub/a.jpg")), FetchRequest("b", srv.url("/nope.jpg"))]
+            ok, missing = fetch_all(reqs, FAST)
+        assert ok.ok and ok.data == JPEG and ok.content_type == "image/jpeg"
+        assert missing.reason == "http_404"

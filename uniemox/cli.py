@@ -73,7 +73,7 @@ def pretrain(
     resume: Annotated[str | None, typer.Option(help="Checkpoint path, or 'auto' for OUT/last.pt.")] = None,
     verbose: bool = True,
 ) -> None:
-    """Pretrain UniEmoX. Multi-GPU: ``torchrun --nproc-per-node N -m uniemox pretrain ...``."""
+    """Pretrain UniEmoX. Multi-GPU: torchrun --nproc-per-node N -m uniemox pretrain ..."""
     from uniemox.train import pretrain as run
 
     _setup_logging(verbose)
@@ -137,3 +137,25 @@ def models() -> None:
     for name, c in MAE_CONFIGS.items():
         typer.echo(f"{name}: embed {c.embed_dim}, depth {c.depth}, heads {c.num_heads}, patch {c.patch_size}")
     typer.echo(f"fusions: {', '.join(FUSIONS)}")
+
+
+@app.command()
+def smoke(
+    out: Annotated[Path, typer.Option(help="Working directory for the tiny dataset and run.")],
+    steps: int = 5,
+) -> None:
+    """A few CPU steps of a tiny student + tiny RANDOM CLIP on the bundled sample images (demo / CI)."""
+    from uniemox.testing import make_hf_dataset, tiny_config, tiny_teacher
+    from uniemox.train import pretrain as run
+
+    _setup_logging(True)
+    out.mkdir(parents=True, exist_ok=True)
+    data = make_hf_dataset(out / "samples-hf", n=32)
+    cfg = tiny_config(data, out / "run", tiny_teacher(out), max_steps=steps, ckpt_every=steps)
+    cfg.progress = False
+    for row in run(cfg).history:
+        typer.echo(
+            f"step {int(row['step'])}: loss {row['loss']:.4f} (sim {row['l_sim']:.4f}, con {row['l_con']:.4f}, "
+            f"rec {row['l_rec']:.4f}), {row['images_per_s']:.1f} img/s"
+        )
+    typer.echo(f"run directory: {out / 'run'}")

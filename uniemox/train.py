@@ -214,6 +214,12 @@ def _resolve_resume(cfg: PretrainConfig, resume: str | None) -> tuple[PretrainCo
     return saved, ckpt
 
 
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 @dataclass
 class TrainResult:
     history: list[dict[str, float]]
@@ -228,9 +234,7 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None) -> TrainResult:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    random.seed(cfg.seed + info.rank)
-    np.random.seed(cfg.seed + info.rank)
-    torch.manual_seed(cfg.seed + info.rank)
+    _seed_all(cfg.seed)  # the same on every rank while models are built (random teachers must agree)
     device, on_cuda = info.device, info.device.type == "cuda"
 
     # data and prompts
@@ -272,12 +276,14 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None) -> TrainResult:
     warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=lr, betas=o.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, o.min_lr / lr))
-    step = 0
+    _seed_all(cfg.seed + info.rank)
+    step, fallback = 0, 0  # fallback: this rank's person-stream whole-image count (rank 0 carries the total)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step = int(ckpt["step"])
+        fallback = int(ckpt.get("person_fallback", 0)) if info.is_main else 0
         states = ckpt.get("rng") or []
         if len(states) == info.world_size:
             set_rng_state(states[info.rank])
@@ -310,7 +316,6 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None) -> TrainResult:
         )
 
     history: list[dict[str, float]] = []
-    fallback = 0
     batches = iter(loader)
     bar, task = _progress(cfg.progress and info.is_main, total, step)
     model.train()
@@ -368,7 +373,7 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None) -> TrainResult:
                     task, completed=step, info=f"loss {row['loss']:.4f} {row['images_per_s']:.1f} img/s"
                 )
             if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total:
-                _checkpoint(cfg, model, optimizer, scheduler, step, out, info)
+                _checkpoint(cfg, model, optimizer, scheduler, step, out, info, int(row["person_fallback"]))
     logger.close()
     if info.is_main:
         torch.save({"model": encoder_state_dict(model), "config": asdict(cfg.model)}, out / "encoder.pth")
@@ -385,6 +390,7 @@ def _checkpoint(
     step: int,
     out: Path,
     info: DistInfo,
+    person_fallback: int,
 ) -> None:
     states: list[Any] = [None] * info.world_size
     if info.world_size > 1:
@@ -400,5 +406,6 @@ def _checkpoint(
             "config": cfg.to_dict(),
             "rng": states,
             "world_size": info.world_size,
+            "person_fallback": person_fallback,
         }
         save_checkpoint(state, out, step, cfg.keep_checkpoints)

@@ -6,14 +6,15 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
-
-import datasets
 
 from emo8.catalog import OriginRecord
 from emo8.sources.base import LOCAL_READERS, SourceError, register_source
 from emo8.taxonomy import normalise_label
+
+if TYPE_CHECKING:
+    import datasets
 
 #: Columns copied onto the item when the dataset has them.
 ITEM_COLUMNS = ("license", "author", "title", "domain", "keyword")
@@ -54,6 +55,8 @@ class HFSource:
     def _record(
         self, ref: str, split: str, index: int, row: dict[str, Any], label_feature: Any
     ) -> OriginRecord:
+        import datasets  # imported on use: it is slow to import and most commands never need it
+
         raw_label = row.get(self.label_col) if self.label_col else None
         if isinstance(label_feature, datasets.ClassLabel) and isinstance(raw_label, int) and raw_label >= 0:
             raw_label = label_feature.int2str(raw_label)
@@ -91,6 +94,8 @@ def _dataset_ref(dataset: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _load_all(ref: str) -> dict[str, datasets.Dataset]:
+    import datasets
+
     path = Path(ref)
     try:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
@@ -117,6 +122,8 @@ def _load(ref: str, split: str | None) -> dict[str, datasets.Dataset]:
 
 @functools.lru_cache(maxsize=8)
 def _undecoded(ref: str, split: str, col: str) -> datasets.Dataset:
+    import datasets
+
     return _load(ref, split)[split].select_columns([col]).cast_column(col, datasets.Image(decode=False))
 
 

@@ -120,7 +120,7 @@ class ClipTeacher(nn.Module):
     @torch.no_grad()
     def encode_texts(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Prompts -> L2-normalised Lambda (P, E) in float32."""
-        device = self.mean.device
+        device = next(self.model.parameters()).device
         out = [
             self.model.encode_text(self.tokenizer(list(prompts[i : i + batch_size])).to(device)).float()
             for i in range(0, len(prompts), batch_size)
