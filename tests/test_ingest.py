@@ -10,15 +10,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from httpfixtures import Handler, LoopbackServer, delayed, respond
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,49 +28,15 @@ from emo8.download import DownloadConfig
 from emo8.ingest import IngestOptions, ingest
 from emo8.sources import create_source
 
-Route = tuple[int, dict[str, str], bytes]
-
-
-class _Server:
-    """A loopback HTTP server with a route table; ``delay`` seconds before each response."""
-
-    def __init__(self, routes: dict[str, Route], delay: float = 0.0) -> None:
-        self.routes, self.delay, self.hits = routes, delay, 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                outer.hits += 1
-                if outer.delay:
-                    time.sleep(outer.delay)
-                code, headers, body = outer.routes.get(self.path, (404, {}, b"not found"))
-                self.send_response(code)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture
-def server() -> Iterator[_Server]:
-    srv = _Server({"/robots.txt": (404, {}, b"")})
-    yield srv
-    srv.close()
+def server() -> Iterator[LoopbackServer]:
+    with LoopbackServer({"/robots.txt": respond(b"", status=404)}) as srv:
+        yield srv
+
+
+def _jpeg(data: bytes, headers: dict[str, str] | None = None) -> Handler:
+    return respond(data, content_type="image/jpeg", headers=headers)
 
 
 def _options(**download: object) -> IngestOptions:
@@ -118,11 +83,11 @@ def test_folder_ingest_validates_stores_and_is_idempotent(ws: Workspace, sample_
 
 
 def test_same_bytes_from_a_url_and_a_file_are_one_item(
-    ws: Workspace, server: _Server, sample_paths: list[Path], tmp_path: Path
+    ws: Workspace, server: LoopbackServer, sample_paths: list[Path], tmp_path: Path
 ) -> None:
     for i, path in enumerate(sample_paths[:5]):
-        server.routes[f"/img/{i}.jpg"] = (200, {"Content-Type": "image/jpeg"}, path.read_bytes())
-    url_list = _write_list(tmp_path / "urls.csv", [f"{server.url}/img/{i}.jpg" for i in range(5)])
+        server.routes[f"/img/{i}.jpg"] = _jpeg(path.read_bytes())
+    url_list = _write_list(tmp_path / "urls.csv", [server.url(f"/img/{i}.jpg") for i in range(5)])
     ingest(ws, create_source("urls", path=str(url_list)), _options())
     folder = tmp_path / "local"
     folder.mkdir()
@@ -143,21 +108,21 @@ def test_same_bytes_from_a_url_and_a_file_are_one_item(
 
 
 def test_url_ingest_records_every_failure_with_a_reason(
-    ws: Workspace, server: _Server, sample_paths: list[Path], tmp_path: Path
+    ws: Workspace, server: LoopbackServer, sample_paths: list[Path], tmp_path: Path
 ) -> None:
     good = sample_paths[0].read_bytes()
     server.routes.update({
-        "/good.jpg": (200, {"Content-Type": "image/jpeg"}, good),
-        "/html.jpg": (200, {"Content-Type": "image/jpeg"}, b"<!doctype html><html><body>login</body></html>"),
-        "/truncated.jpg": (200, {"Content-Type": "image/jpeg"}, good[: len(good) // 2]),
-        "/empty.jpg": (200, {"Content-Type": "image/jpeg"}, b""),
-        "/bomb.png": (200, {"Content-Type": "image/png"}, _png_bomb()),
-        "/noai.jpg": (200, {"Content-Type": "image/jpeg", "X-Robots-Tag": "noai"}, sample_paths[1].read_bytes()),
-        "/gone.jpg": (404, {}, b"gone"),
+        "/good.jpg": _jpeg(good),
+        "/html.jpg": _jpeg(b"<!doctype html><html><body>login</body></html>"),
+        "/truncated.jpg": _jpeg(good[: len(good) // 2]),
+        "/empty.jpg": _jpeg(b""),
+        "/bomb.png": respond(_png_bomb(), content_type="image/png"),
+        "/noai.jpg": _jpeg(sample_paths[1].read_bytes(), {"X-Robots-Tag": "noai"}),
+        "/gone.jpg": respond(b"gone", status=404),
     })  # fmt: skip
     names = ["good", "html", "truncated", "empty", "bomb", "noai", "gone", "good"]
     exts = {"bomb": "png"}
-    urls = [f"{server.url}/{n}.{exts.get(n, 'jpg')}" for n in names]
+    urls = [server.url(f"/{n}.{exts.get(n, 'jpg')}") for n in names]
     url_list = _write_list(tmp_path / "urls.csv", urls)
     with open(url_list, "a") as handle:
         handle.write("not-a-url,broken row\n")
@@ -180,17 +145,18 @@ def test_url_ingest_records_every_failure_with_a_reason(
     }
     malformed = ws.items(where="url IS NULL")
     assert malformed.reason.tolist() == ["malformed_row"]
-    assert items.loc[f"{server.url}/gone.jpg", "http_status"] == 404
+    assert items.loc[server.url("/gone.jpg"), "http_status"] == 404
     assert len(list(ws.objects_dir.rglob("*.*"))) == 1  # only the valid image is stored
 
 
 def test_retry_failed_refetches_only_failed_items(
-    ws: Workspace, server: _Server, sample_paths: list[Path], tmp_path: Path
+    ws: Workspace, server: LoopbackServer, sample_paths: list[Path], tmp_path: Path
 ) -> None:
-    url_list = _write_list(tmp_path / "urls.csv", [f"{server.url}/later.jpg"])
+    server.routes["/later.jpg"] = respond(b"not yet", status=404)
+    url_list = _write_list(tmp_path / "urls.csv", [server.url("/later.jpg")])
     ingest(ws, create_source("urls", path=str(url_list)), _options())
     assert ws.items().reason.tolist() == ["http_404"]
-    server.routes["/later.jpg"] = (200, {}, sample_paths[2].read_bytes())
+    server.routes["/later.jpg"] = _jpeg(sample_paths[2].read_bytes())
     ingest(ws, create_source("urls", path=str(url_list)), _options())  # a plain re-run does not retry
     assert ws.items().status.tolist() == ["failed"]
     options = _options()
@@ -217,13 +183,10 @@ def test_sigkill_half_way_then_rerun_accounts_for_every_url_once(
     tmp_path: Path, sample_paths: list[Path]
 ) -> None:
     images = _distinct_jpegs(sample_paths, 160)
-    routes: dict[str, Route] = {
-        f"/i/{i}.jpg": (200, {"Content-Type": "image/jpeg"}, b) for i, b in enumerate(images)
-    }
-    routes["/robots.txt"] = (200, {}, b"User-agent: *\nAllow: /\n")
-    srv = _Server(routes, delay=0.03)
-    try:
-        urls = [f"{srv.url}/i/{i}.jpg" for i in range(len(images))]
+    routes = {f"/i/{i}.jpg": delayed(_jpeg(data), 0.03) for i, data in enumerate(images)}
+    routes["/robots.txt"] = respond("User-agent: *\nAllow: /\n", content_type="text/plain")
+    with LoopbackServer(routes) as srv:
+        urls = [srv.url(f"/i/{i}.jpg") for i in range(len(images))]
         url_list = _write_list(tmp_path / "urls.csv", urls + urls[:10])  # duplicates too
         Workspace.init(tmp_path / "ws")
         cmd = [
@@ -274,8 +237,6 @@ def test_sigkill_half_way_then_rerun_accounts_for_every_url_once(
             assert (
                 hashlib.sha256(ws.object_path(row.sha256, row.format).read_bytes()).hexdigest() == row.sha256
             )
-    finally:
-        srv.close()
 
 
 # -- a full disk (a real, tiny tmpfs; needs root) ---------------------------------------------------------------------

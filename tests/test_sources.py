@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import datasets
 import pandas as pd
 import pytest
+from aiohttp import web
+from httpfixtures import LoopbackServer
 
 from emo8.catalog import OriginRecord
 from emo8.sources import SourceError, create_source, read_local
@@ -164,46 +163,26 @@ def openverse() -> Iterator[dict[str, Any]]:
     """A loopback server speaking Openverse's /v1/images/ search: 45 results, one 429 first, page limit 2."""
     state: dict[str, Any] = {"requests": [], "total": 45, "throttle_once": True, "max_page": 2}
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+    async def search(request: web.Request) -> web.Response:
+        query = dict(request.query)
+        state["requests"].append((request.path, query, request.headers.get("User-Agent")))
+        if state["throttle_once"]:
+            state["throttle_once"] = False
+            return web.json_response(
+                {"detail": "Request was throttled."}, status=429, headers={"Retry-After": "0"}
+            )
+        page, size = int(query.get("page", 1)), int(query.get("page_size", 20))
+        if page > state["max_page"]:
+            return web.json_response({"detail": "Authentication credentials were not provided."}, status=401)
+        start = (page - 1) * size
+        results = [_openverse_result(i) for i in range(start, min(start + size, state["total"]))]
+        body = {"result_count": state["total"], "page_count": -(-state["total"] // size), "page_size": size,
+                "page": page, "results": results, "warnings": []}  # fmt: skip
+        return web.json_response(body)
 
-        def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-            state["requests"].append((parts.path, query, self.headers.get("User-Agent")))
-            if parts.path != "/v1/images/":
-                return self._send(404, {"detail": "Not found."})
-            if state["throttle_once"]:
-                state["throttle_once"] = False
-                return self._send(429, {"detail": "Request was throttled."}, {"Retry-After": "0"})
-            page, size = int(query.get("page", 1)), int(query.get("page_size", 20))
-            if page > state["max_page"]:
-                return self._send(401, {"detail": "Authentication credentials were not provided."})
-            start = (page - 1) * size
-            results = [_openverse_result(i) for i in range(start, min(start + size, state["total"]))]
-            page_count = -(-state["total"] // size)
-            body = {"result_count": state["total"], "page_count": page_count, "page_size": size, "page": page,
-                    "results": results, "warnings": []}  # fmt: skip
-            self._send(200, body)
-
-        def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state["url"] = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
+    with LoopbackServer({"/v1/images/": search}) as server:
+        state["url"] = server.base_url
+        yield state
 
 
 def test_openverse_pages_retries_and_maps_licences(openverse: dict[str, Any]) -> None:
