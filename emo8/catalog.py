@@ -91,6 +91,14 @@ CREATE TABLE IF NOT EXISTS origins (
     added_at     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS origins_item ON origins(item_id);
+CREATE TABLE IF NOT EXISTS selections (
+    round        TEXT NOT NULL,
+    item_id      TEXT NOT NULL REFERENCES items(item_id),
+    rank         INTEGER NOT NULL,
+    strategy     TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (round, item_id)
+);
 """
 
 SCHEMA_VERSION = 1
@@ -379,6 +387,41 @@ class Catalog:
                     for i, item_id in enumerate(item_ids)
                 ),
             )
+
+    # -- annotation rounds -----------------------------------------------------------------------------------
+
+    def save_selection(self, round_name: str, item_ids: Sequence[str], strategy: str) -> int:
+        """Add ``item_ids`` (in rank order) to the selection of round ``round_name``; return how many were new.
+
+        Items already selected for the round keep their rank, so re-running a selection never duplicates.
+        """
+        now = utc_now()
+        with self.transaction() as db:
+            start = db.execute(
+                "SELECT COALESCE(MAX(rank) + 1, 0) FROM selections WHERE round = ?", (round_name,)
+            ).fetchone()[0]
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO selections(round, item_id, rank, strategy, created_at) VALUES (?, ?, ?, ?, ?)",
+                [(round_name, item_id, start + i, strategy, now) for i, item_id in enumerate(item_ids)],
+            )
+            return db.total_changes - before
+
+    def selection(self, round_name: str) -> list[str]:
+        """Return the item ids selected for ``round_name``, in rank order (empty if there is no such round)."""
+        rows = (
+            self.connect()
+            .execute("SELECT item_id FROM selections WHERE round = ? ORDER BY rank", (round_name,))
+            .fetchall()
+        )
+        return [row["item_id"] for row in rows]
+
+    def rounds(self) -> dict[str, int]:
+        """Return ``{round: number of selected items}``."""
+        rows = self.connect().execute(
+            "SELECT round, COUNT(*) AS n FROM selections GROUP BY round ORDER BY round"
+        )
+        return {row["round"]: int(row["n"]) for row in rows}
 
     # -- reading -----------------------------------------------------------------------------------------------
 

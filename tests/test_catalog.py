@@ -107,3 +107,13 @@ def test_store_object_is_content_addressed_and_atomic(ws: Workspace) -> None:
     assert path.read_bytes() == b"\xff\xd8hello"
     assert ws.objects.put(b"\xff\xd8hello", "jpeg") == (digest, False)
     assert not [p for p in ws.tmp_dir.iterdir() if p.name.startswith(".part-")]
+
+
+def test_selections_keep_rank_and_never_duplicate(ws: Workspace) -> None:
+    ws.catalog.register([_url(i) for i in range(4)])
+    ids = ws.items().item_id.tolist()
+    assert ws.catalog.save_selection("r1", ids[:2], "uncertainty") == 2
+    assert ws.catalog.save_selection("r1", [ids[1], ids[2]], "uncertainty") == 1
+    assert ws.catalog.selection("r1") == ids[:3]
+    assert ws.catalog.selection("nope") == []
+    assert ws.catalog.rounds() == {"r1": 3}
