@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from aiohttp import web
 from httpfixtures import Handler, LoopbackServer, delayed, respond
 from PIL import Image
 from typer.testing import CliRunner
@@ -306,3 +307,34 @@ def test_demo_builds_a_workspace_offline(tmp_path: Path, sample_rows: list[dict[
         "folder": len(sample_rows) // 2,
         "urls": len(sample_rows) - len(sample_rows) // 2 + 1,
     }
+
+
+def test_cli_ingest_openverse_end_to_end(tmp_path: Path, sample_paths: list[Path]) -> None:
+    """Search results from a local server in Openverse's wire format, images fetched from the same server."""
+
+    async def search(request: web.Request) -> web.Response:
+        page = int(request.query.get("page", 1))
+        results = [
+            {"id": f"id-{i}", "title": f"storm {i}", "url": server.url(f"/img/{i}.jpg"), "creator": "ann",
+             "license": "by", "license_version": "4.0", "foreign_landing_url": "https://example.org/x",
+             "tags": [{"name": "storm"}]}
+            for i in range(3 * (page - 1), 3 * page)
+        ]  # fmt: skip
+        return web.json_response(
+            {"result_count": 6, "page_count": 2, "page_size": 3, "page": page, "results": results}
+        )
+
+    routes: dict[str, Handler] = {"/v1/images/": search, "/robots.txt": respond(b"", status=404)}
+    routes.update({f"/img/{i}.jpg": _jpeg(path.read_bytes()) for i, path in enumerate(sample_paths[:6])})
+    with LoopbackServer(routes) as server:
+        ws_path = str(tmp_path / "ws")
+        runner = CliRunner()
+        runner.invoke(app, ["init", ws_path])
+        args = ["ingest", "openverse", "--query", "storm", "--label", "fear", "--max", "5", "--api-url",
+                server.base_url, "--allow-private-networks", "-w", ws_path, "-q"]  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    items = Workspace.open(ws_path).items()
+    assert len(items) == 5 and (items.status == "valid").all()
+    assert set(items.license) == {"CC-BY-4.0"} and set(items.weak_label) == {"fear"}
+    assert set(items.keyword) == {"storm"} and set(items.author) == {"ann"}

@@ -58,7 +58,7 @@ class UniEmoX(nn.Module):
         beta, person_mask = None, None
         if self.proj_person is not None:
             p_latent, person_mask, _ = self.mae.forward_encoder(
-                self.normalise(scene), self.mask_ratio, person_noise
+                self.normalise(person), self.mask_ratio, person_noise
             )
             beta = self.proj_person(p_latent[:, 0])  # (B, E)
         gamma = self.fusion(alpha, beta)
