@@ -1,0 +1,448 @@
+"""Shared pieces of the end of the pipeline (audit, split, release, take-down).
+
+* :func:`frame`: catalog columns as a DataFrame, tolerating columns a stage that has not run yet would add;
+* :func:`cluster_ids`: the dedup cluster of every item (canonical item + its duplicates), from ``dup_of`` chains;
+* :func:`resolve_labels`: the label a release would ship for each item, and why an item has none;
+* :func:`best_label`: the best label known for an item at any stage (for stratification and audits);
+* :func:`hamming_pairs` / :func:`cosine_pairs`: near-duplicate pairs through FAISS range search (binary index for
+  64-bit perceptual hashes, inner-product index for L2-normalised embeddings), never an N x N matrix;
+* :func:`workspace_embeddings`: the embeddings a workspace holds for a model key, if any.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emo8.taxonomy import EMOTIONS, normalise_label
+from emo8.workspace import Workspace
+
+#: Statuses whose items can be released (every other status is excluded: duplicate, contaminated, removed...).
+RELEASABLE_STATUSES = ("valid",)
+
+#: The column ``emo8 labels import`` writes (curator-provided labels, see :mod:`emo8.suggest`).
+IMPORTED_LABEL = "imported_label"
+
+#: Perceptual-hash radius (Hamming distance, 64-bit pHash) used when neither dedup's settings nor its defaults
+#: are available (dedup's benchmarked default is the same).
+DEFAULT_PHASH_MAX_DISTANCE = 10
+#: Embedding cosine similarity used likewise (clip-retrieval's dedup threshold).
+DEFAULT_EMBED_MIN_SIMILARITY = 0.94
+
+#: Above this many items, exact (flat) indexes give way to multi-index hashing / IVF.
+EXACT_HAMMING_LIMIT = 200_000
+EXACT_COSINE_LIMIT = 50_000
+
+
+def frame(ws: Workspace, columns: Sequence[str], where: str | None = None) -> pd.DataFrame:
+    """Return ``columns`` of the items table (filtered by SQL ``where``); columns the catalog lacks are all-null.
+
+    Later stages add their columns when they first run; reading through this function lets audit, split and
+    release work on a catalog where, say, dedup or annotation has not run yet.
+    """
+    existing = set(ws.catalog.columns())
+    present = [c for c in dict.fromkeys(columns) if c in existing]
+    if "item_id" not in present:
+        present.insert(0, "item_id")
+    df = ws.catalog.items(present, where)
+    for column in columns:
+        if column not in df.columns:
+            df[column] = None
+    return df[list(dict.fromkeys(["item_id", *columns]))]
+
+
+def has_column(ws: Workspace, column: str, table: str = "items") -> bool:
+    """Whether the catalog's ``table`` has ``column``."""
+    return column in ws.catalog.columns(table)
+
+
+def _present(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return not (isinstance(value, str) and not value.strip())
+
+
+def present(value: Any) -> bool:
+    """Whether a catalog cell holds a value (not None, NaN or an empty string)."""
+    return _present(value)
+
+
+def cluster_ids(items: pd.DataFrame) -> pd.Series:
+    """Return the dedup cluster of each row: the ``item_id`` at the end of its ``dup_of`` chain (itself if none).
+
+    A cluster is a canonical item and every item marked a duplicate of it (directly or through a chain). Cycles,
+    which dedup never writes, are cut at the first repeated item. Uses a ``cluster_id`` column as-is where dedup
+    stored one.
+    """
+    if "cluster_id" in items.columns and items["cluster_id"].map(_present).any():
+        own = items["item_id"]
+        return items["cluster_id"].where(items["cluster_id"].map(_present), own).astype(str)
+    parent: dict[str, str] = {}
+    if "dup_of" in items.columns:
+        for item_id, dup_of in zip(items["item_id"], items["dup_of"], strict=True):
+            if _present(dup_of) and dup_of != item_id:
+                parent[str(item_id)] = str(dup_of)
+    resolved: dict[str, str] = {}
+
+    def root(item_id: str) -> str:
+        seen: list[str] = []
+        node = item_id
+        while node in parent and node not in resolved and node not in seen:
+            seen.append(node)
+            node = parent[node]
+        top = resolved.get(node, node)
+        for visited in seen:
+            resolved[visited] = top
+        return top
+
+    return pd.Series([root(str(i)) for i in items["item_id"]], index=items.index, dtype=object)
+
+
+def best_label(items: pd.DataFrame) -> pd.Series:
+    """The best label known for each row, for stratification and audits: annotated ``label``, else an imported
+    label, else ``weak_label``, else ``suggested_label``, else None."""
+    out = pd.Series([None] * len(items), index=items.index, dtype=object)
+    for column in ("suggested_label", "weak_label", IMPORTED_LABEL, "label"):
+        if column in items.columns:
+            values = items[column].map(lambda v: normalise_label(v) if _present(v) else None)
+            out = values.where(values.notna(), out)
+    return out
+
+
+@dataclass(frozen=True)
+class LabelPolicy:
+    """Which labels a release ships.
+
+    Parameters
+    ----------
+    min_agreement
+        Besides being ``settled``, an annotated item needs at least this agreement (None: the aggregation's own
+        settling rule is enough).
+    allow_weak_labels
+        Ship items that have no annotation but a ``weak_label`` from their source (bootstrapping only; off by
+        default: a release needs settled human labels). Such rows carry ``label_source = "weak"``.
+    allow_imported_labels
+        Ship labels a curator imported with ``emo8 labels import`` for items that have no annotation (on by
+        default: an import is a deliberate human decision). Such rows carry ``label_source = "imported"``.
+    """
+
+    min_agreement: float | None = None
+    allow_weak_labels: bool = False
+    allow_imported_labels: bool = True
+
+
+def resolve_labels(items: pd.DataFrame, policy: LabelPolicy) -> pd.DataFrame:
+    """Return, per row, ``release_label`` (an emotion or None), ``label_source`` (``annotation``, ``imported``,
+    ``weak`` or None) and ``held_back`` (why a row with some label is not released: ``unsettled:<reason>``,
+    ``low_agreement``, ``imported_label``, ``weak_label``, ``unknown_label``; None otherwise).
+
+    An annotated ``label`` counts when ``settled`` is 1 (or when no ``settled`` column exists, e.g. labels imported
+    from a file), and its ``agreement`` reaches ``policy.min_agreement`` if given.
+    """
+    n = len(items)
+    release: list[str | None] = [None] * n
+    source: list[str | None] = [None] * n
+    held: list[str | None] = [None] * n
+    labels = items["label"] if "label" in items.columns else pd.Series([None] * n, index=items.index)
+    settled = items["settled"] if "settled" in items.columns else pd.Series([None] * n, index=items.index)
+    has_settled = "settled" in items.columns and settled.map(_present).any()
+    agreement = (
+        items["agreement"] if "agreement" in items.columns else pd.Series([None] * n, index=items.index)
+    )
+    reasons = (
+        items["unsettled_reason"]
+        if "unsettled_reason" in items.columns
+        else pd.Series([None] * n, index=items.index)
+    )
+    weak = items["weak_label"] if "weak_label" in items.columns else pd.Series([None] * n, index=items.index)
+    imported = (
+        items[IMPORTED_LABEL] if IMPORTED_LABEL in items.columns else pd.Series([None] * n, index=items.index)
+    )
+    for i, (lab, sett, agr, why, il, wl) in enumerate(
+        zip(labels, settled, agreement, reasons, imported, weak, strict=True)
+    ):
+        if _present(lab):
+            name = normalise_label(str(lab))
+            if name is None:
+                held[i] = "unknown_label"
+                continue
+            if has_settled and not (_present(sett) and int(sett) == 1):
+                held[i] = f"unsettled:{why}" if _present(why) else "unsettled"
+                continue
+            if policy.min_agreement is not None and not (
+                _present(agr) and float(agr) >= policy.min_agreement
+            ):
+                held[i] = "low_agreement"
+                continue
+            release[i], source[i] = name, "annotation"
+        elif _present(il):
+            name = normalise_label(str(il))
+            if name is None:
+                held[i] = "unknown_label"
+            elif policy.allow_imported_labels:
+                release[i], source[i] = name, "imported"
+            else:
+                held[i] = "imported_label"
+        elif _present(wl):
+            name = normalise_label(str(wl))
+            if name is None:
+                held[i] = "unknown_label"
+            elif policy.allow_weak_labels:
+                release[i], source[i] = name, "weak"
+            else:
+                held[i] = "weak_label"
+    return pd.DataFrame(
+        {"release_label": release, "label_source": source, "held_back": held}, index=items.index
+    )
+
+
+def json_list(value: Any) -> list[Any] | None:
+    """Decode a JSON list stored in a catalog cell (None for empty/invalid cells)."""
+    if isinstance(value, list):
+        return value
+    if not _present(value):
+        return None
+    try:
+        decoded = json.loads(value)
+    except (TypeError, ValueError):
+        return None
+    return decoded if isinstance(decoded, list) else None
+
+
+def label_distribution(value: Any) -> list[float] | None:
+    """Decode an 8-float soft label (``label_distribution``/``suggestion_probs``); None unless it has 8 numbers."""
+    decoded = json_list(value)
+    if decoded is None or len(decoded) != len(EMOTIONS):
+        return None
+    try:
+        return [float(x) for x in decoded]
+    except (TypeError, ValueError):
+        return None
+
+
+# -- near-duplicate search ------------------------------------------------------------------------------------
+
+
+def hash_codes(hex_hashes: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Pack 64-bit hex hashes into ``(codes uint8[n, 8], valid bool[n])``; rows with no/invalid hash are zeros."""
+    values = list(hex_hashes)
+    codes = np.zeros((len(values), 8), dtype=np.uint8)
+    valid = np.zeros(len(values), dtype=bool)
+    for i, value in enumerate(values):
+        if isinstance(value, str) and len(value) == 16:
+            try:
+                codes[i] = np.frombuffer(bytes.fromhex(value), dtype=np.uint8)
+            except ValueError:
+                continue
+            valid[i] = True
+    return codes, valid
+
+
+def _matches_from_range(lims: np.ndarray, ids: np.ndarray, offset: int) -> np.ndarray:
+    counts = np.diff(lims.astype(np.int64))
+    queries = np.repeat(np.arange(offset, offset + len(counts), dtype=np.int64), counts)
+    return np.stack([queries, ids.astype(np.int64)], axis=1)
+
+
+def _binary_index(codes: np.ndarray, max_distance: int) -> Any:
+    import faiss
+
+    index: Any
+    if len(codes) <= EXACT_HAMMING_LIMIT:
+        index = faiss.IndexBinaryFlat(64)
+    else:
+        index = faiss.IndexBinaryMultiHash(64, 8, 8)
+        index.nflip = max_distance // 8
+    index.add(np.ascontiguousarray(codes, dtype=np.uint8))
+    return index
+
+
+def hamming_search(
+    base: np.ndarray, queries: np.ndarray, max_distance: int, chunk: int = 20_000
+) -> np.ndarray:
+    """Return every ``(query row, base row)`` of 64-bit codes within Hamming distance ``max_distance``.
+
+    Parameters
+    ----------
+    base, queries
+        ``uint8[n, 8]`` packed hashes (see :func:`hash_codes`).
+    max_distance
+        Largest Hamming distance that counts as a match (inclusive).
+    chunk
+        Queries per range search, bounding memory.
+
+    Returns
+    -------
+    ``int64[m, 2]``. Exact: a flat binary index up to :data:`EXACT_HAMMING_LIMIT` base codes; above, a
+    multi-index hash over 8 byte-blocks with ``max_distance // 8`` bit flips per block, which by the pigeonhole
+    principle still finds every match within the radius.
+    """
+    if len(base) == 0 or len(queries) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    index = _binary_index(base, max_distance)
+    found = [
+        _matches_from_range(*_range(index, queries[start : start + chunk], max_distance + 1), start)
+        for start in range(0, len(queries), chunk)
+    ]
+    return np.concatenate(found)
+
+
+def _range(index: Any, queries: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    lims, _dist, ids = index.range_search(np.ascontiguousarray(queries), radius)
+    return lims, ids
+
+
+def _upper(pairs: np.ndarray) -> np.ndarray:
+    return pairs[pairs[:, 0] < pairs[:, 1]]
+
+
+def hamming_pairs(codes: np.ndarray, max_distance: int) -> np.ndarray:
+    """Return every pair ``(i, j)``, ``i < j``, of ``codes`` within Hamming distance ``max_distance``
+    (see :func:`hamming_search`)."""
+    if len(codes) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    return _upper(hamming_search(codes, codes, max_distance))
+
+
+def _float_index(x: np.ndarray) -> Any:
+    import faiss
+
+    n, dim = x.shape
+    index: Any
+    if n <= EXACT_COSINE_LIMIT:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = int(4 * math.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        index.train(x[rng.choice(n, size=min(n, nlist * 64), replace=False)])
+        index.nprobe = 32
+    index.add(x)
+    return index
+
+
+def cosine_search(
+    base: np.ndarray, queries: np.ndarray, min_similarity: float, chunk: int = 4096
+) -> np.ndarray:
+    """Return every ``(query row, base row)`` of L2-normalised vectors with cosine >= ``min_similarity``.
+
+    Exact (flat inner-product index) up to :data:`EXACT_COSINE_LIMIT` base rows; above, an IVF index
+    (``4 sqrt(n)`` lists, 32 probed), which is approximate.
+    """
+    if len(base) == 0 or len(queries) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    index = _float_index(np.ascontiguousarray(base, dtype=np.float32))
+    # FAISS returns similarities strictly above the radius; nudge it so ">=" holds at float precision.
+    radius = float(np.nextafter(np.float32(min_similarity), np.float32(-np.inf)))
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    found = [
+        _matches_from_range(*_range(index, q[start : start + chunk], radius), start)
+        for start in range(0, len(q), chunk)
+    ]
+    return np.concatenate(found)
+
+
+def cosine_pairs(vectors: np.ndarray, min_similarity: float) -> np.ndarray:
+    """Return every pair ``(i, j)``, ``i < j``, of L2-normalised rows with cosine >= ``min_similarity``
+    (see :func:`cosine_search`)."""
+    if len(vectors) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    return _upper(cosine_search(vectors, vectors, min_similarity))
+
+
+def dedup_thresholds(ws: Workspace, model: str | None = None) -> tuple[int, float]:
+    """The pHash radius and embedding cosine threshold (for ``model``) that define a near-duplicate.
+
+    The settings dedup recorded in the workspace config when it ran, else dedup's defaults (its benchmarked
+    threshold for ``model`` where it has one), else :data:`DEFAULT_PHASH_MAX_DISTANCE` and
+    :data:`DEFAULT_EMBED_MIN_SIMILARITY`.
+    """
+    radius, similarity = DEFAULT_PHASH_MAX_DISTANCE, DEFAULT_EMBED_MIN_SIMILARITY
+    try:
+        dedup = importlib.import_module("emo8.dedup")
+    except ImportError:
+        dedup = None
+    if dedup is not None:
+        radius = int(getattr(dedup, "PHASH_MAX_DISTANCE", radius))
+        by_model = getattr(dedup, "EMBED_MIN_SIMILARITY", {})
+        similarity = float(by_model.get(model, getattr(dedup, "EMBED_MIN_SIMILARITY_FALLBACK", similarity)))
+    settings = ws.config.get("dedup") or {}
+    if settings.get("phash_max_distance") is not None:
+        radius = int(settings["phash_max_distance"])
+    if settings.get("embed_min_similarity") is not None and settings.get("model") in (None, model):
+        similarity = float(settings["embed_min_similarity"])
+    return radius, similarity
+
+
+def workspace_embeddings(ws: Workspace, model: str | None = None) -> tuple[str, list[str], np.ndarray] | None:
+    """Return ``(model key, item ids, L2-normalised float32 matrix)`` of the workspace's embeddings, or None.
+
+    ``model`` None picks the key dedup used, else the only key stored (several keys and no choice: None).
+    Returns None when the embedding stage is not installed or no embeddings exist for the key; a corrupted store
+    raises (it is never used, nor ignored, silently).
+    """
+    try:
+        embed_stage = importlib.import_module("emo8.embed")
+    except ImportError:
+        return None
+    keys = [str(k) for k in embed_stage.stored_models(ws)]
+    key = model or (ws.config.get("dedup") or {}).get("model")
+    if key is None:
+        if len(keys) != 1:
+            return None
+        key = keys[0]
+    if key not in keys:
+        return None
+    ids, matrix = embed_stage.load_embeddings(ws, key)
+    if len(ids) == 0:
+        return None
+    x = np.asarray(matrix, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return str(key), [str(i) for i in ids], x
+
+
+def components(n: int, pairs: Sequence[np.ndarray], keys: Sequence[Sequence[Any]] = ()) -> np.ndarray:
+    """Connected components of ``n`` items linked by index ``pairs`` and by shared non-null ``keys``.
+
+    Parameters
+    ----------
+    n
+        Number of items.
+    pairs
+        Arrays ``int[m, 2]`` of linked item indices.
+    keys
+        Sequences of length ``n``; two items with the same non-null key in one sequence are linked (each
+        distinct key becomes a node of the graph, so a key shared by k items costs k edges, not k^2).
+
+    Returns
+    -------
+    ``int64[n]`` component label of each item (labels are arbitrary but equal within a component).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows: list[np.ndarray] = [p[:, 0] for p in pairs if len(p)]
+    cols: list[np.ndarray] = [p[:, 1] for p in pairs if len(p)]
+    next_node = n
+    for key_values in keys:
+        codes, uniques = pd.factorize(pd.Series(list(key_values), dtype=object), use_na_sentinel=True)
+        members = np.flatnonzero(codes >= 0)
+        rows.append(members.astype(np.int64))
+        cols.append(codes[members].astype(np.int64) + next_node)
+        next_node += len(uniques)
+    if not rows:
+        return np.arange(n, dtype=np.int64)
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(next_node, next_node))
+    _count, labels = connected_components(graph, directed=False)
+    return np.asarray(labels[:n], dtype=np.int64)
