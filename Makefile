@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	# facenet-pytorch (MTCNN, weights bundled) pins torch<2.3 in its metadata but runs on 2.14: no deps
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/emo8 annotate install
 	touch $(STAMP)

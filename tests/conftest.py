@@ -14,7 +14,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples"
 
 @pytest.fixture(scope="session")
 def sample_rows() -> list[dict[str, str]]:
-    """Rows of the bundled sample manifest (80 real images)."""
+    """Rows of the bundled sample manifest (81 real images)."""
     with open(SAMPLES / "manifest.csv", newline="") as handle:
         return list(csv.DictReader(handle))
 
