@@ -292,3 +292,541 @@ def ingest_resume(
 def main() -> None:
     """Entry point for ``python -m emo8``."""
     app()
+
+
+# -- audit, split, release, push, take-down (issue 6) -----------------------------------------------------------------
+
+
+@app.command("audit")
+def audit_cmd(
+    workspace: WorkspaceOpt = Path("."),
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="HTML report (default reports/audit.html).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Embedding model key for the probe.")] = None,
+    probe: Annotated[str, typer.Option(help="Probe for confident learning: linear or knn.")] = "linear",
+    min_agreement: Annotated[float, typer.Option(help="Agreement below this is 'low'.")] = 0.6,
+    queue: Annotated[
+        str | None, typer.Option(help="Save the flagged items as this annotation round's selection.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes decoding images for the sharpness check.")] = 1,
+) -> None:
+    """Audit label quality, distributions, bias and image quality (HTML + JSON report)."""
+    from emo8.audit import AuditConfig, audit
+
+    ws = _open(workspace)
+    config = AuditConfig(
+        out=out_path, model=model, probe=probe, min_agreement=min_agreement, queue=queue, workers=workers
+    )
+    try:
+        result = audit(ws, config)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    kinds = ", ".join(f"{k} {v}" for k, v in result.label_kinds.items()) or "none"
+    out.print(f"[bold]audit[/]: {result.items} valid items, {result.labelled} labelled ({kinds})")
+    if not result.labelled:
+        out.print("  [yellow]no labelled items[/]: the label-quality sections are skipped")
+    for key, sec in result.sections.items():
+        text = f"skipped: {sec.skipped}" if sec.skipped else sec.summary
+        out.print(f"  [bold]{key}[/]: {text}")
+    if queue:
+        out.print(f"  queued {result.queued} new item(s) for round {queue!r}")
+    out.print(f"  report: {result.html} and {result.json} ({result.seconds:.1f}s)")
+
+
+@app.command("split")
+def split_cmd(
+    workspace: WorkspaceOpt = Path("."),
+    ratios: Annotated[str, typer.Option(help="train,validation,test shares.")] = "0.8,0.05,0.15",
+    seed: Annotated[int, typer.Option(help="Fixes the placement order of new groups.")] = 0,
+    reassign: Annotated[
+        bool, typer.Option("--reassign", help="Ignore existing splits (existing items may move).")
+    ] = False,
+    model: Annotated[str | None, typer.Option(help="Embedding model key for the cosine check.")] = None,
+    phash_max_distance: Annotated[int | None, typer.Option(help="pHash radius (default: dedup's).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and verify, write nothing.")] = False,
+) -> None:
+    """Group-aware, stratified, stable train/validation/test splits, verified free of near-duplicate leaks."""
+    from emo8.split import SPLITS, SplitConfig, SplitError, assign_splits, parse_ratios
+
+    ws = _open(workspace)
+    try:
+        config = SplitConfig(
+            ratios=parse_ratios(ratios), seed=seed, reassign=reassign, model=model,
+            phash_max_distance=phash_max_distance,
+        )  # fmt: skip
+        result, _items = assign_splits(ws, config, write=not dry_run)
+    except SplitError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    total = sum(result.counts.values()) or 1
+    shares = ", ".join(f"{s} {result.counts[s]} ({result.counts[s] / total:.1%})" for s in SPLITS)
+    out.print(
+        f"[bold]split[/]{' (dry run)' if dry_run else ''}: {result.candidates} items in {result.groups} groups"
+    )
+    out.print(f"  released candidates: {shares}")
+    out.print(
+        f"  new {result.new}, kept {result.kept}, moved {result.moved} (to keep near-duplicates together)"
+    )
+    if result.oversized_keys:
+        out.print(f"  not kept together (too large): {result.oversized_keys}")
+    colour = "green" if result.leaks.clean else "red"
+    out.print(f"  leak check: [{colour}]{result.leaks.summary()}[/]")
+    if not result.leaks.clean:
+        raise typer.Exit(1)
+
+
+@app.command("release")
+def release_cmd(
+    version: Annotated[str, typer.Option("--version", help="Semantic version X.Y.Z.")],
+    workspace: WorkspaceOpt = Path("."),
+    fmt: Annotated[str, typer.Option("--format", help="hf, imagefolder or both.")] = "hf",
+    min_agreement: Annotated[
+        float | None, typer.Option(help="Also require this agreement of annotated labels.")
+    ] = None,
+    allow_weak_labels: Annotated[
+        bool,
+        typer.Option(
+            "--allow-weak-labels", help="Bootstrap only: also release items whose only label is a weak label."
+        ),
+    ] = False,
+    no_imported_labels: Annotated[
+        bool, typer.Option("--no-imported-labels", help="Do not release labels from `emo8 labels import`.")
+    ] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Release directory.")] = None,
+    imagefolder_out: Annotated[
+        Path | None, typer.Option(help="ImageFolder root (default <out>/imagefolder).")
+    ] = None,
+    repo: Annotated[str | None, typer.Option(help="Hub repo ORG/NAME for the card's usage snippet.")] = None,
+    max_shard_mb: Annotated[float, typer.Option(help="Image MB per parquet shard.")] = 500.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rewrite an existing release.")] = False,
+    allow_leaks: Annotated[
+        bool, typer.Option("--allow-leaks", help="Release despite cross-split leaks.")
+    ] = False,
+) -> None:
+    """Write a versioned Hugging Face dataset release (and/or an ImageFolder tree) with card and CHANGELOG."""
+    from emo8.curation import LabelPolicy
+    from emo8.release import NothingToRelease, ReleaseConfig, ReleaseError, parse_formats, release
+
+    ws = _open(workspace)
+    config = ReleaseConfig(
+        version=version,
+        formats=parse_formats(fmt),
+        labels=LabelPolicy(min_agreement, allow_weak_labels, not no_imported_labels),
+        out=out_dir, imagefolder_out=imagefolder_out, max_shard_bytes=int(max_shard_mb * 1024 * 1024),
+        overwrite=overwrite, repo_id=repo, allow_leaks=allow_leaks,
+    )  # fmt: skip
+    try:
+        result = release(ws, config)
+    except NothingToRelease as exc:
+        console.print(f"[red]no release:[/] {exc}")
+        raise typer.Exit(1) from exc
+    except ReleaseError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    total = sum(result.splits.values())
+    out.print(f"[bold]release {result.version}[/]: {total} images at {result.path}")
+    out.print("  splits: " + ", ".join(f"{k} {v}" for k, v in result.splits.items()))
+    out.print("  classes: " + ", ".join(f"{k} {v}" for k, v in result.classes.items()))
+    out.print("  label sources: " + ", ".join(f"{k} {v}" for k, v in sorted(result.label_sources.items())))
+    if result.label_sources.get("weak"):
+        out.print(
+            f"  [yellow]BOOTSTRAP RELEASE[/]: {result.label_sources['weak']} labels are weak labels from source "
+            "metadata, not settled annotations (label_source = weak)"
+        )
+    if result.held_back:
+        out.print("  held back: " + ", ".join(f"{k} {v}" for k, v in sorted(result.held_back.items())))
+    if result.newly_split:
+        out.print(f"  assigned splits to {result.newly_split} new item(s) first")
+    out.print(f"  leak check: {result.leaks.summary()}")
+    if result.previous:
+        out.print(f"  vs {result.previous}: " + ", ".join(f"{k} {v}" for k, v in result.changes.items()))
+    shards = sum(f.endswith(".parquet") for f in result.files)
+    out.print(f"  parquet: {result.parquet_bytes / 1e6:.1f} MB in {shards} shard(s)")
+    if result.imagefolder is not None:
+        out.print(f"  imagefolder: {result.imagefolder}")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+@app.command("push")
+def push_cmd(
+    version: Annotated[str, typer.Option("--version", help="The local release X.Y.Z.")],
+    repo: Annotated[str, typer.Option("--repo", help="Hub dataset repo ORG/NAME.")],
+    workspace: WorkspaceOpt = Path("."),
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub URL (default HF_ENDPOINT or huggingface.co).")
+    ] = None,
+    xet: Annotated[
+        bool | None, typer.Option("--xet/--no-xet", help="Xet uploads (default: only on huggingface.co).")
+    ] = None,
+) -> None:
+    """Upload a release to the Hugging Face Hub as one commit and tag it vX.Y.Z (token: HF_TOKEN or login)."""
+    from emo8.hub import PushConfig, PushError, push_release
+
+    ws = _open(workspace)
+    try:
+        result = push_release(ws, PushConfig(version, repo, private, endpoint, xet=xet))
+    except PushError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if result.noop:
+        out.print(f"[bold]{repo}[/] already has {result.tag} with identical content: nothing to do")
+        return
+    out.print(
+        f"[bold]pushed {version}[/] to {repo} ({result.url}): commit {result.commit}, tag {result.tag}; "
+        f"{len(result.uploaded)} file(s) uploaded, {len(result.unchanged)} unchanged, {len(result.deleted)} deleted"
+    )
+
+
+@app.command("takedown")
+def takedown_cmd(
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded verbatim).")],
+    workspace: WorkspaceOpt = Path("."),
+    sha256: Annotated[str | None, typer.Option("--sha256", help="sha256 of the image bytes.")] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Image URL or the page it was published on.")
+    ] = None,
+    author: Annotated[str | None, typer.Option("--author", help="Every image of this author.")] = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the stored bytes.")] = False,
+) -> None:
+    """Remove an image and every copy of it from all later releases (by hash, URL or author)."""
+    from emo8.takedown import TakedownError, TakedownRequest, take_down
+
+    ws = _open(workspace)
+    try:
+        result = take_down(ws, TakedownRequest(reason, sha256=sha256, url=url, author=author, purge=purge))
+    except TakedownError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    out.print(
+        f"[bold]{result.takedown_id}[/] ({result.selector}): {result.matched} item(s) matched, "
+        f"{len(result.removed)} removed with their copies; {len(result.hashes)} hash(es) recorded"
+    )
+    if purge:
+        out.print(
+            f"  purged {result.purged_objects} stored object(s); deleted reports: {result.purged_reports or 'none'}"
+        )
+    if result.in_local_releases:
+        console.print(
+            f"[yellow]warning:[/] already in local release(s) {', '.join(result.in_local_releases)}: releases are "
+            "immutable; withdraw them (and their Hub tags) if they were published"
+        )
+
+
+# -- suggest, select, detect-people, labels (issue 4) -----------------------------------------------------------------
+
+labels_app = typer.Typer(
+    no_args_is_help=True, help="Labels from outside the pipeline (curators, other tools)."
+)
+app.add_typer(labels_app, name="labels")
+
+
+@app.command("suggest")
+def suggest_cmd(
+    workspace: WorkspaceOpt = Path("."),
+    model: Annotated[str, typer.Option(help="Embedding model key (run `emo8 embed` with it first).")] = (
+        "efficientnet-lite0"
+    ),
+    k: Annotated[int, typer.Option("--k", help="Neighbours per kNN vote.")] = 20,
+    zero_shot: Annotated[
+        bool, typer.Option("--zero-shot/--no-zero-shot", help="CLIP zero-shot (open_clip models only).")
+    ] = True,
+    weights: Annotated[str | None, typer.Option(help="Encoder weights for the text tower.")] = None,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Random text tower (tests).")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (text tower).")] = "cpu",
+    min_labels: Annotated[int, typer.Option(help="Labels per class before the linear probe runs.")] = 5,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
+    labels: Annotated[
+        str, typer.Option(help="Label sources, highest precedence first.")
+    ] = "annotation,imported,weak",
+    seed: Annotated[int, typer.Option(help="Seed of the folds.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Suggest an emotion for every item: zero-shot CLIP, kNN votes, linear probe; pooled and calibrated."""
+    from emo8.encoders import EncoderKeyError, WeightsError
+    from emo8.suggest import SuggestConfig, SuggestError, suggest
+
+    ws = _open(workspace)
+    config = SuggestConfig(
+        model=model, k=k, zero_shot=zero_shot, weights=weights, random_init=random_init, device=device,
+        min_labels_per_class=min_labels, folds=folds,
+        label_sources=tuple(s.strip() for s in labels.split(",") if s.strip()), seed=seed,
+    )  # fmt: skip
+    notes: list[str] = []
+    try:
+        result = suggest(ws, config, progress=not quiet, notes=notes)
+    except (SuggestError, WeightsError, EncoderKeyError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    for note in notes:
+        out.print(f"  note: {note}")
+    by_source = ", ".join(f"{k}={v}" for k, v in sorted(result.labels_by_source.items())) or "none"
+    out.print(
+        f"[bold]suggest {model}[/]: {result.suggested} item(s) suggested, {result.up_to_date} up to date "
+        f"(version {result.version}); {result.labelled} labelled ({by_source})"
+    )
+    if result.missing_embeddings:
+        out.print(
+            f"  {result.missing_embeddings} valid item(s) have no embedding: run `emo8 embed --model {model}`"
+        )
+    if not result.suggested:
+        return
+    out.print("  sources: " + ", ".join(result.sources))
+    for name, why in result.skipped.items():
+        out.print(f"  skipped {name}: {why}")
+    pooling = result.pooling
+    weights_text = ", ".join(f"{n}={w}" for n, w in pooling.get("weights", {}).items())
+    out.print(f"  pooling: {weights_text}; temperature {pooling.get('temperature')}")
+    overall = result.metrics.get("overall", {})
+    if "combined" in overall:
+        comb, raw = overall["combined"], overall["combined_uncalibrated"]
+        out.print(
+            f"  cross-validated: accuracy {comb['accuracy']:.3f}, macro-F1 {comb['macro_f1']:.3f}, "
+            f"ECE {comb['ece']:.3f} (before calibration {raw['ece']:.3f}); "
+            f"majority baseline {result.metrics['majority_baseline']:.3f}"
+        )
+    out.print("  suggested: " + ", ".join(f"{k} {v}" for k, v in sorted(result.predicted.items())))
+    out.print(f"  report: {result.report_path} ({result.seconds:.1f}s)")
+
+
+@app.command("select")
+def select_cmd(
+    budget: Annotated[int, typer.Option("--budget", help="Items the round should hold.")],
+    workspace: WorkspaceOpt = Path("."),
+    strategy: Annotated[str, typer.Option(help="uncertainty, balanced, diverse or random.")] = "uncertainty",
+    round_name: Annotated[
+        str | None, typer.Option("--round", help="Round name (default: a new round-<k>).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    measure: Annotated[str, typer.Option(help="Uncertainty: margin or entropy.")] = "margin",
+    model: Annotated[str, typer.Option(help="Embedding model key (diverse).")] = "efficientnet-lite0",
+    pool_factor: Annotated[
+        int, typer.Option(help="diverse: pick among pool_factor x budget uncertain.")
+    ] = 10,
+) -> None:
+    """Choose the items of the next annotation round (never duplicates, settled or already-selected items)."""
+    from emo8.selection import SelectConfig, SelectError, select
+
+    ws = _open(workspace)
+    config = SelectConfig(
+        budget=budget, strategy=strategy, round=round_name, seed=seed, measure=measure, model=model,
+        pool_factor=pool_factor,
+    )  # fmt: skip
+    try:
+        result = select(ws, config)
+    except SelectError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    excluded = ", ".join(f"{k}={v}" for k, v in sorted(result.excluded.items())) or "none"
+    out.print(
+        f"[bold]{result.round}[/] ({result.strategy}): {result.selected} new item(s) selected, "
+        f"{result.already + result.selected} in the round (budget {result.budget}); "
+        f"pool {result.pool}, excluded: {excluded}"
+    )
+    if result.per_class:
+        out.print(
+            "  suggested classes: " + ", ".join(f"{k} {v}" for k, v in sorted(result.per_class.items()))
+        )
+
+
+@app.command("detect-people")
+def detect_people_cmd(
+    workspace: WorkspaceOpt = Path("."),
+    backend: Annotated[
+        str, typer.Option(help="opencv-hog, opencv-haar-face, mtcnn or torchvision:NAME.")
+    ] = "opencv-hog",
+    weights: Annotated[str | None, typer.Option(help="Weights file (torchvision:NAME).")] = None,
+    random_init: Annotated[
+        bool, typer.Option("--random-init", help="torchvision:NAME with random weights (tests).")
+    ] = False,
+    threshold: Annotated[float | None, typer.Option(help="Minimum score (default: the backend's).")] = None,
+    max_side: Annotated[int, typer.Option(help="Downscale images to this longer side first.")] = 640,
+    batch_size: Annotated[int, typer.Option(help="Images per batch / transaction.")] = 32,
+    workers: Annotated[int, typer.Option(help="Decode+detect threads.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (torch backends).")] = "cpu",
+    redo: Annotated[
+        bool, typer.Option("--redo", help="Recompute items already done by this backend.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Detect people and faces; store person boxes (original pixels) and face counts per item."""
+    from emo8.people import DetectConfig, DetectorError, detect_people
+
+    ws = _open(workspace)
+    config = DetectConfig(
+        backend=backend, weights=weights, random_init=random_init, score_threshold=threshold, max_side=max_side,
+        batch_size=batch_size, workers=workers, device=device, redo=redo, progress=not quiet,
+    )  # fmt: skip
+    try:
+        result = detect_people(ws, config)
+    except DetectorError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    rate = f" ({result.images_per_second:.1f} images/s)" if result.processed else ""
+    out.print(
+        f"[bold]detect-people {result.backend}[/]: {result.processed} image(s) in {result.seconds:.1f}s{rate}, "
+        f"{result.already} already done; {result.with_person} with a person, {result.faces} face(s), "
+        f"{result.errors} unreadable"
+    )
+
+
+@labels_app.command("import")
+def labels_import_cmd(
+    file: Annotated[Path, typer.Argument(help="CSV with item_id or sha256, and label.")],
+    workspace: WorkspaceOpt = Path("."),
+    id_col: Annotated[str | None, typer.Option(help="Id column (default item_id, else sha256).")] = None,
+    label_col: Annotated[str, typer.Option(help="Label column.")] = "label",
+) -> None:
+    """Import emotion labels (column imported_label); suggest learns from them, release can ship them."""
+    from emo8.suggest import SuggestError, import_labels
+
+    ws = _open(workspace)
+    try:
+        result = import_labels(ws, file, id_col=id_col, label_col=label_col)
+    except SuggestError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    out.print(
+        f"[bold]labels import[/]: {result.rows} row(s): {result.updated} updated, {result.unchanged} unchanged, "
+        f"{result.unknown_item} unknown item(s), {result.unknown_label} unknown label(s), "
+        f"{result.not_valid} on non-valid items"
+    )
+    if result.per_class:
+        out.print("  per class: " + ", ".join(f"{k} {v}" for k, v in sorted(result.per_class.items())))
+
+
+from emo8.annotate.cli import annotate_app  # noqa: E402
+
+app.add_typer(annotate_app, name="annotate")
+
+
+# -- embed, dedup (issue 3) ----------------------------------------------------------------------------------------
+
+
+@app.command("embed")
+def embed_cmd(
+    workspace: WorkspaceOpt = Path("."),
+    model: Annotated[
+        str, typer.Option(help="Model key: efficientnet-lite0, open_clip:ARCH[/TAG], timm:ARCH.")
+    ] = "efficientnet-lite0",
+    weights: Annotated[
+        Path | None, typer.Option(help="Local checkpoint (open_clip:ARCH, timm:ARCH).")
+    ] = None,
+    random_init: Annotated[
+        bool, typer.Option("--random-init", help="Random weights (smoke tests only; never a fallback).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader processes decoding images.")] = max(
+        0, min(4, (os.cpu_count() or 1) - 1)
+    ),
+    dtype: Annotated[str, typer.Option(help="Stored precision: float16 or float32.")] = "float16",
+    quiet: Quiet = False,
+) -> None:
+    """Embed every validated item that has no embedding for the model yet (incremental, resumable)."""
+    from emo8.embed import EmbedConfig, EmbeddingStoreError, embed
+    from emo8.encoders import EncoderKeyError, WeightsError
+
+    ws = _open(workspace)
+    config = EmbedConfig(
+        model=model, weights=str(weights) if weights else None, random_init=random_init, device=device,
+        batch_size=batch_size, workers=workers, dtype=dtype, progress=not quiet,
+    )  # fmt: skip
+    try:
+        summary = embed(ws, config)
+    except (WeightsError, EncoderKeyError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    except EmbeddingStoreError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    info = summary.as_dict()
+    rate = f", {info['images_per_second']} images/s" if info["images_per_second"] else ""
+    out.print(
+        f"[bold]embed {summary.key}[/]: {summary.new} new, {summary.total} stored ({summary.dim}-d {dtype}) "
+        f"in {summary.seconds:.1f}s{rate} on {summary.device}"
+    )
+    if summary.failed:
+        out.print(
+            f"  {len(summary.failed)} unreadable item(s), retried next run: {', '.join(summary.failed[:5])}"
+        )
+    if summary.repaired_shards:
+        out.print(f"  corrupted shard(s) quarantined and recomputed: {', '.join(summary.repaired_shards)}")
+
+
+@app.command("dedup")
+def dedup_cmd(
+    workspace: WorkspaceOpt = Path("."),
+    phash_max_distance: Annotated[
+        int | None, typer.Option(help="pHash Hamming distance of 64 bits (default: benchmarked, see docs).")
+    ] = None,
+    dhash_max_distance: Annotated[
+        int | None, typer.Option(help="dHash distance a pHash match must also have (-1: no second opinion).")
+    ] = None,
+    embed_min_similarity: Annotated[
+        float | None, typer.Option(help="Cosine of a semantic match (default: benchmarked per model).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Embeddings to use (default: the stored one).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Reports only; the catalog is untouched.")
+    ] = False,
+    against: Annotated[
+        str | None,
+        typer.Option(help="Folder or HF dataset (e.g. a test split): matches become contaminated."),
+    ] = None,
+    semdedup_eps: Annotated[
+        list[float] | None, typer.Option(help="SemDeDup eps to report; repeat it for several.")
+    ] = None,
+    semdedup_apply: Annotated[
+        bool, typer.Option("--semdedup-apply", help="Also mark SemDeDup removals at the smallest eps.")
+    ] = False,
+    tiers: Annotated[str, typer.Option(help="Comma-separated tiers to run.")] = "exact,perceptual,semantic",
+    workers: Workers = max(1, os.cpu_count() or 1),
+    device: Annotated[str, typer.Option(help="Encoder device for --against images.")] = "auto",
+) -> None:
+    """Find exact, perceptual and semantic duplicates; mark them (nothing is deleted); write reports."""
+    from emo8.dedup import DedupConfig, dedup
+    from emo8.embed import EmbeddingStoreError
+    from emo8.encoders import EncoderKeyError, WeightsError
+
+    ws = _open(workspace)
+    thresholds: dict[str, Any] = {}
+    if phash_max_distance is not None:
+        thresholds["phash_max_distance"] = phash_max_distance
+    if dhash_max_distance is not None:
+        thresholds["dhash_max_distance"] = None if dhash_max_distance < 0 else dhash_max_distance
+    config = DedupConfig(
+        **thresholds, embed_min_similarity=embed_min_similarity, model=model, dry_run=dry_run, against=against,
+        semdedup_eps=tuple(semdedup_eps or ()), semdedup_apply=semdedup_apply,
+        tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()), workers=workers, device=device,
+    )  # fmt: skip
+    try:
+        result = dedup(ws, config)
+    except (ValueError, WeightsError, EncoderKeyError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    except EmbeddingStoreError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    report = result.report
+    per_tier = ", ".join(f"{k}={v}" for k, v in report["duplicates_per_tier"].items()) or "none"
+    out.print(
+        f"[bold]dedup[/]{' (dry run)' if dry_run else ''}: {report['items']} items, {report['clusters']} clusters, "
+        f"duplicates {per_tier}; {result.changed} item(s) changed in {report['seconds']:.1f}s"
+    )
+    out.print("  status: " + ", ".join(f"{k}={v}" for k, v in report["status"].items()))
+    if report["contamination"]:
+        c = report["contamination"]
+        out.print(
+            f"  against {c['against']}: {c['reference_images']} reference images, {c['direct_matches']} direct "
+            f"match(es), {c['contaminated_items']} item(s) contaminated"
+        )
+    if report["semdedup"]:
+        rates = ", ".join(f"eps {k}: {v['rate']:.1%}" for k, v in report["semdedup"]["eps"].items())
+        out.print(f"  SemDeDup removal rates: {rates}")
+    for note in report["notes"]:
+        out.print(f"  note: {note}")
+    out.print(f"  reports: {result.json_path}, {result.html_path}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import shutil
 import sys
 import threading
@@ -17,11 +18,21 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from emo8.cli import app
 
 SAMPLES = Path(__file__).parent / "samples"
+
+#: Stand-in weak labels for the demo's URL list (as a keyword-seeded crawl would give): sample category -> emotion.
+#: They only let the demo show a bootstrap release; they are not emotion annotations.
+DEMO_WEAK_LABELS = {
+    "painting": "awe",
+    "animals": "amusement",
+    "landscape": "contentment",
+    "people": "excitement",
+}
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -58,9 +69,12 @@ def run(root: Path) -> int:
     folder = incoming / "folder"
     folder.mkdir(parents=True)
     rows = sample_manifest()
-    local, remote = rows[::2], rows[1::2]
+    local, remote = rows[1::2], rows[::2]  # the folder gets len // 2 rows, the URL list the rest
     for row in local:
         shutil.copy(SAMPLES / row["file"], folder / Path(row["file"]).name)
+    cat = Image.open(SAMPLES / "images" / "skm-0009.jpg").convert("RGB")  # copies for dedup (issue 3) to find
+    cat.resize((cat.width // 2, cat.height // 2)).save(folder / "copy-resized-skm-0009.jpg")
+    ImageOps.mirror(cat).save(folder / "copy-mirrored-skm-0009.jpg")
     workspace = str(root / "workspace")
     runner = CliRunner()
 
@@ -77,16 +91,98 @@ def run(root: Path) -> int:
         url_list = incoming / "urls.csv"
         with open(url_list, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["url", "caption", "license", "author", "domain"])
+            writer.writerow(["url", "caption", "license", "author", "domain", "label"])
             for row in remote:
                 writer.writerow(
-                    [f"{base_url}/{row['file']}", row["category"], row["license"], "", row["domain"]]
-                )
-            writer.writerow([f"{base_url}/images/missing.jpg", "a dead link", "", "", ""])
+                    [f"{base_url}/{row['file']}", row["category"], row["license"], "", row["domain"],
+                     DEMO_WEAK_LABELS.get(row["category"], "")]
+                )  # fmt: skip
+            writer.writerow([f"{base_url}/images/missing.jpg", "a dead link", "", "", "", ""])
         emo8("ingest", "urls", str(url_list), "-w", workspace, "--allow-private-networks", "--quiet")
+    emo8("embed", "-w", workspace, "--model", "efficientnet-lite0", "--quiet")  # dedup (issue 3)
+    emo8("dedup", "-w", workspace)
+    # Suggest and select (issue 4). Offline there is no CLIP text tower, so suggestions are kNN votes (and a probe
+    # once classes have 5 labels) learnt from the URL list's stand-in weak labels.
+    print("\n# suggestions learn from the stand-in weak labels (categories as emotions)", flush=True)
+    emo8("suggest", "-w", workspace, "--model", "efficientnet-lite0", "--quiet")
+    emo8("select", "-w", workspace, "--budget", "10", "--round", "round-1")
+    emo8("detect-people", "-w", workspace, "--backend", "opencv-hog", "--quiet")
+    # Annotate (issue 5). A live round runs in a Label Studio server (`emo8 annotate serve`, `push`, `pull`); the
+    # offline demo imports a Label Studio JSON export of round-1 answered by three SIMULATED annotators instead.
+    export = incoming / "round-1-export.json"
+    write_simulated_export(Path(workspace), "round-1", export)
+    print(
+        "\n# SIMULATED ANNOTATORS: a Label Studio export written by the demo, not human answers", flush=True
+    )
+    emo8("annotate", "import", str(export), "--round", "round-1", "-w", workspace)
+    emo8("annotate", "aggregate", "-w", workspace)
+    # Curation (issue 6): leak-free splits, a release, the audit. No annotation round has settled labels in the
+    # demo, so the release is a bootstrap from the URL list's weak labels, and says so.
+    emo8("split", "-w", workspace)
+    print(
+        "\n# BOOTSTRAP RELEASE: weak labels from the URL list (stand-ins), not settled annotations",
+        flush=True,
+    )
+    emo8("release", "-w", workspace, "--version", "0.1.0", "--allow-weak-labels", "--format", "both")
+    emo8("audit", "-w", workspace)
     emo8("status", "-w", workspace)
+    pretrain_on_release(root / "workspace" / "releases" / "0.1.0", root / "uniemox")
     print(f"\ndemo workspace: {workspace}")
     return 0
+
+
+def write_simulated_export(workspace: Path, round_name: str, path: Path) -> None:
+    """Write a Label Studio JSON export of ``round_name`` answered by three simulated annotators (demo only).
+
+    Each item's "true" answer is its weak label (else its suggestion); one answer in four picks the next emotion
+    instead, so agreement statistics have something to measure.
+    """
+    from emo8.annotate.labelconfig import LabelConfig
+    from emo8.taxonomy import EMOTIONS
+    from emo8.workspace import Workspace
+
+    ws = Workspace.open(workspace)
+    config = LabelConfig.load(None)
+    items = ws.items(["item_id", "weak_label", "suggested_label"]).set_index("item_id")
+    tasks = []
+    for t, item_id in enumerate(ws.catalog.selection(round_name)):
+        candidates = [items.at[item_id, "weak_label"], items.at[item_id, "suggested_label"], "contentment"]
+        truth = str(next(c for c in candidates if isinstance(c, str) and c in EMOTIONS))
+        annotations = []
+        for a in range(3):
+            choice = truth if (t + a) % 4 else EMOTIONS[(EMOTIONS.index(truth) + 1) % len(EMOTIONS)]
+            annotations.append({
+                "id": 3 * t + a + 1, "completed_by": {"id": a + 1, "email": f"annotator{a + 1}@demo.invalid"},
+                "result": config.choice_result(choice), "was_cancelled": False, "ground_truth": False,
+                "lead_time": 5.0 + a, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            })  # fmt: skip
+        tasks.append({"id": t + 1, "data": {"item_id": item_id}, "annotations": annotations})
+    path.write_text(json.dumps(tasks, indent=1))
+
+
+def pretrain_on_release(release: Path, out: Path) -> None:
+    """UniEmoX (issue 7): a few CPU steps of a tiny student on the demo release.
+
+    No CLIP weights can be had offline, so the teacher is a tiny, RANDOMLY initialised CLIP, asked for explicitly;
+    real runs use ``--teacher ViT-B-16 --teacher-pretrained openai`` (the default).
+    """
+    from uniemox.cli import app as uniemox_app
+    from uniemox.testing import tiny_teacher
+
+    out.mkdir(parents=True, exist_ok=True)
+    args = [
+        "pretrain", "--data", str(release), "--out", str(out / "run"), "--model", "mae_vit_tiny_patch16",
+        "--img-size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
+        "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2", "--batch-size", "8",
+        "--max-steps", "4", "--warmup-steps", "2", "--ckpt-every", "4", "--num-workers", "0",
+        "--teacher", str(tiny_teacher(out)), "--teacher-pretrained", "random",
+    ]  # fmt: skip
+    print("\n# UniEmoX smoke run: tiny student, tiny RANDOM teacher (no CLIP weights offline)", flush=True)
+    print(f"$ uniemox {' '.join(args)}", flush=True)
+    result = CliRunner().invoke(uniemox_app, args, catch_exceptions=False)
+    print(result.output[-2000:], end="", flush=True)
+    if result.exit_code != 0:
+        raise SystemExit(result.exit_code)
 
 
 def main() -> None:

@@ -255,7 +255,13 @@ def lite0_timm_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     (``_bn0`` is timm's ``bn1``). Stem, head and classifier map one to one.
     """
     flat = [(stage, j) for stage, depth in enumerate(_LITE0_DEPTHS) for j in range(depth)]
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
     first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     inverted = {
         "_expand_conv": "conv_pw",
@@ -288,7 +294,10 @@ def _timm_transform(model: torch.nn.Module) -> Callable[[Image.Image], torch.Ten
 
 
 def _timm_encoder(key: str, model: Any, fingerprint: str, device: torch.device) -> Encoder:
+    model.to(memory_format=torch.channels_last)  # ~1.7x faster convolutions on CPU (oneDNN), also on GPU
+
     def features(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         out: torch.Tensor = model.forward_head(model.forward_features(x), pre_logits=True)
         return out
 
@@ -343,9 +352,10 @@ def _load_timm(name: str, spec: EncoderSpec, device: torch.device) -> Encoder:
             state = timm.models.load_state_dict(str(path))
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise WeightsError(f"cannot read {path}: {exc}") from exc
-        head = str(model.pretrained_cfg.get("classifier", "classifier"))
-        if any(k.startswith(head + ".") and v.shape != model.state_dict()[k].shape for k, v in state.items()
-               if k in model.state_dict()):  # fmt: skip
+        cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
+        head = str(cfg.get("classifier", "classifier"))
+        own = model.state_dict()
+        if any(k.startswith(head + ".") and v.shape != own[k].shape for k, v in state.items() if k in own):
             state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
         result = model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(head + ".")]
@@ -366,7 +376,7 @@ def _load_open_clip(name: str, spec: EncoderSpec, device: torch.device) -> Encod
     if arch not in open_clip.list_models():
         raise EncoderKeyError(f"{spec.key!r}: unknown open_clip architecture {arch!r}")
     how = (
-        f"on a machine with internet access run `python -c \"import open_clip; "
+        f'on a machine with internet access run `python -c "import open_clip; '
         f"open_clip.create_model_and_transforms('{arch}', pretrained='{tag or 'TAG'}')\"` "
         "to fill the Hugging Face cache (then copy ~/.cache/huggingface here), or pass --weights PATH to a local "
         f"checkpoint with the key open_clip:{arch}; tags for {arch}: "
@@ -387,7 +397,9 @@ def _load_open_clip(name: str, spec: EncoderSpec, device: torch.device) -> Encod
         pretrained = tag
         fingerprint = f"open_clip:{arch}/{tag}"
     else:
-        raise WeightsError(f"{spec.key} needs weights: add /PRETRAINED to the key or pass --weights PATH; {how}")
+        raise WeightsError(
+            f"{spec.key} needs weights: add /PRETRAINED to the key or pass --weights PATH; {how}"
+        )
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     except Exception as exc:  # open_clip/hf_hub raise many types when offline or on a bad file

@@ -302,9 +302,10 @@ def test_demo_builds_a_workspace_offline(tmp_path: Path, sample_rows: list[dict[
     assert run_demo(tmp_path / "demo") == 0
     ws = Workspace.open(tmp_path / "demo" / "workspace")
     counts = ws.status()
-    assert counts["status"] == {"valid": len(sample_rows), "failed": 1}
+    # the demo adds a resized and a mirrored copy of one sample, which dedup (issue 3) marks as duplicates
+    assert counts["status"] == {"valid": len(sample_rows), "duplicate": 2, "failed": 1}
     assert counts["source"] == {
-        "folder": len(sample_rows) // 2,
+        "folder": len(sample_rows) // 2 + 2,
         "urls": len(sample_rows) - len(sample_rows) // 2 + 1,
     }
 

@@ -1,0 +1,162 @@
+"""``reports/dedup.html``: a self-contained gallery of duplicate clusters for a human to review.
+
+Largest clusters first; the canonical item leads each row, every member shows its tier and score; contaminated
+items are listed with the reference image they match. Thumbnails are inline base64 JPEGs, so the file can be
+mailed or archived alone. Size is bounded by ``max_clusters`` x ``max_members``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from emo8.imaging import load_rgb
+from emo8.sources import read_local
+from emo8.workspace import Workspace
+
+THUMB_SIDE = 160
+
+_TEMPLATE = jinja2.Template(
+    """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Emo8 dedup report</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.5em}
+table.s{border-collapse:collapse} table.s td{padding:2px 10px 2px 0}
+.cluster{border:1px solid #ccc;border-radius:6px;margin:10px 0;padding:8px}
+.row{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;width:{{ side }}px;font-size:11px;word-break:break-all}
+figure img{max-width:{{ side }}px;max-height:{{ side }}px;display:block;border:2px solid #ddd}
+figure.canon img{border-color:#2a7}
+.t-exact{color:#06c}.t-perceptual{color:#a60}.t-semantic{color:#a0a}.t-semdedup{color:#777}
+.t-contaminated{color:#c00;font-weight:bold}
+</style></head><body>
+<h1>Emo8 dedup report{% if report.dry_run %} (dry run: catalog unchanged){% endif %}</h1>
+<table class="s">
+<tr><td>items considered</td><td>{{ report["items"] }}</td></tr>
+<tr><td>clusters with duplicates</td><td>{{ report["clusters"] }}</td></tr>
+<tr><td>status after</td><td>{{ status }}</td></tr>
+<tr><td>duplicates per tier</td><td>{{ per_tier }}</td></tr>
+<tr><td>thresholds</td><td>{{ thresholds }}</td></tr>
+{% for note in report["notes"] %}<tr><td>note</td><td>{{ note }}</td></tr>{% endfor %}
+</table>
+{% if contaminated %}
+<h2>Contaminated: matches of the reference set ({{ n_contaminated }}{% if n_contaminated > contaminated|length %},
+first {{ contaminated|length }} shown{% endif %})</h2>
+{% for c in contaminated %}<div class="cluster"><div class="row">
+<figure><img src="{{ c.thumb }}" alt=""><figcaption class="t-contaminated">{{ c.item_id }}<br>
+{{ c.tier }} {{ c.score }}</figcaption></figure>
+{% if c.ref_thumb %}<figure><img src="{{ c.ref_thumb }}" alt=""><figcaption>reference<br>{{ c.ref }}</figcaption>
+</figure>{% else %}<figure><figcaption>{{ c.ref }}</figcaption></figure>{% endif %}
+</div></div>{% endfor %}
+{% endif %}
+<h2>Clusters, largest first ({{ clusters|length }} of {{ report["clusters"] }} shown)</h2>
+{% for cl in clusters %}<div class="cluster"><div>cluster of {{ cl.size }}{% if cl.size > cl.members|length + 1 %}
+({{ cl.members|length }} members shown){% endif %}</div><div class="row">
+<figure class="canon"><img src="{{ cl.canon.thumb }}" alt=""><figcaption>canonical {{ cl.canon.item_id }}<br>
+{{ cl.canon.size }}</figcaption></figure>
+{% for m in cl.members %}<figure><img src="{{ m.thumb }}" alt=""><figcaption class="t-{{ m.tier }}">
+{{ m.item_id }}<br>{{ m.tier }} {{ m.score }}<br>{{ m.size }}</figcaption></figure>{% endfor %}
+</div></div>{% endfor %}
+</body></html>
+""",
+    autoescape=True,
+)
+
+
+def thumbnail(source: bytes | str) -> str:
+    """Return a ``data:`` URI of a small JPEG of ``source`` (bytes or path); empty when unreadable."""
+    try:
+        image = load_rgb(source, max_side=THUMB_SIDE)
+    except Exception:
+        return ""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _size(width: Any, height: Any) -> str:
+    if pd.isna(width) or pd.isna(height):
+        return ""
+    return f"{int(width)}x{int(height)}"
+
+
+def _score(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{float(value):.3f}"
+
+
+def render_html(
+    ws: Workspace,
+    items: pd.DataFrame,
+    frame: pd.DataFrame,
+    report: dict[str, Any],
+    max_clusters: int = 200,
+    max_members: int = 12,
+) -> str:
+    """Render the gallery for the candidate ``items`` and their dedup outcome ``frame`` (same row order)."""
+    paths = {
+        str(i): str(ws.object_path(str(sha), None if pd.isna(fmt) else str(fmt)))
+        for i, sha, fmt in zip(items.item_id, items.sha256, items.format, strict=True)
+    }
+    dims = {str(i): _size(w, h) for i, w, h in zip(items.item_id, items.width, items.height, strict=True)}
+
+    def thumb(item_id: str) -> str:
+        return thumbnail(paths[item_id])
+
+    members = frame[frame.dup_of.notna()]
+    sizes = members.groupby("dup_of").size().sort_values(ascending=False, kind="stable")
+    clusters = []
+    for canon, size in sizes.head(max_clusters).items():
+        rows = members[members.dup_of == canon].sort_values("dup_score", ascending=False).head(max_members)
+        clusters.append(
+            {
+                "size": int(size) + 1,
+                "canon": {"item_id": str(canon), "thumb": thumb(str(canon)), "size": dims[str(canon)]},
+                "members": [
+                    {
+                        "item_id": str(r.item_id),
+                        "thumb": thumb(str(r.item_id)),
+                        "tier": r.dup_tier,
+                        "score": _score(r.dup_score),
+                        "size": dims[str(r.item_id)],
+                    }
+                    for r in rows.itertuples()
+                ],
+            }
+        )
+    bad = frame[frame.status == "contaminated"]
+    contaminated = []
+    for r in bad.head(max_clusters).itertuples():
+        ref = str(r.contaminated_by or "")
+        ref_thumb = ""
+        if ref and not ref.startswith("cluster:"):
+            try:
+                ref_thumb = thumbnail(read_local(ref))
+            except Exception:
+                ref_thumb = ""
+        contaminated.append(
+            {
+                "item_id": str(r.item_id),
+                "thumb": thumb(str(r.item_id)),
+                "tier": r.contaminated_tier or "",
+                "score": _score(r.contaminated_score),
+                "ref": ref,
+                "ref_thumb": ref_thumb,
+            }
+        )
+    return _TEMPLATE.render(
+        report=report,
+        side=THUMB_SIDE,
+        status=html.unescape(", ".join(f"{k}={v}" for k, v in report["status"].items())),
+        per_tier=", ".join(f"{k}={v}" for k, v in report["duplicates_per_tier"].items()) or "none",
+        thresholds=", ".join(f"{k}={v}" for k, v in report["thresholds"].items()),
+        clusters=clusters,
+        contaminated=contaminated,
+        n_contaminated=len(bad),
+    )

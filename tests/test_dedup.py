@@ -1,0 +1,371 @@
+"""Dedup: tiers on real images, the chaining guard, re-runs, contamination, reports, and the search primitives."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+from dedupfixtures import *  # noqa: F403  (the embedded workspaces)
+from dedupfixtures import COPIED, DupSet, ingest_folder, make_copy
+from PIL import Image
+from typer.testing import CliRunner
+
+from emo8 import Workspace
+from emo8.cli import app
+from emo8.dedup import (
+    DEDUP_COLUMNS,
+    EMBED_MIN_SIMILARITY,
+    PHASH_MAX_DISTANCE,
+    DedupConfig,
+    canonical_order,
+    dedup,
+    licence_rank,
+)
+from emo8.embed import EmbedConfig, embed, load_embeddings
+from emo8.similarity import (
+    Edges,
+    SearchConfig,
+    cosine_pairs,
+    guarded_clusters,
+    hamming_pairs,
+    hex_to_codes,
+    mih_plan,
+    popcount,
+)
+
+SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples" / "images"
+CONFIG = DedupConfig(workers=1, device="cpu")
+
+
+def _frame(ws: Workspace) -> pd.DataFrame:
+    items = ws.items(["item_id", "source_path", "status", "width", "height", "phash", *DEDUP_COLUMNS])
+    items["name"] = [Path(p).name for p in items.source_path]
+    return items
+
+
+def _by_name(items: pd.DataFrame) -> dict[str, pd.Series]:
+    return {row["name"]: row for _, row in items.iterrows()}
+
+
+# -- tiers on the bundled real images -----------------------------------------------------------------------------
+
+
+def test_tiers_find_the_transformed_copies_and_merge_no_distinct_images(
+    dup_ws: Workspace, dup_template: DupSet
+) -> None:
+    result = dedup(dup_ws, CONFIG)
+    items = _frame(dup_ws)
+    rows = _by_name(items)
+    name_of = dict(zip(items.item_id, items.name, strict=True))
+    for copy_name, (original, transform) in dup_template.copies.items():
+        row = rows[copy_name]
+        assert row["status"] == "duplicate", (copy_name, row.to_dict())
+        assert name_of[row["dup_of"]] == original, copy_name  # the original is canonical (larger or earlier)
+        expected = {"half": "perceptual", "q30": "perceptual", "flip": "semantic"}[transform]
+        assert row["dup_tier"] == expected, (copy_name, row["dup_tier"])
+    # identical pixels in two formats: the exact tier
+    assert rows["zz-exact-b.png"]["dup_tier"] == "exact" and rows["zz-exact-b.png"]["dup_score"] == 1.0
+    assert name_of[rows["zz-exact-b.png"]["dup_of"]] == "zz-exact-a.bmp"
+    # every bundled sample is a distinct image: none is marked a duplicate of another
+    originals = items[~items.name.str.startswith("zz-")]
+    assert (originals.status == "valid").all(), originals[originals.status != "valid"][["name", "dup_of"]]
+    copies_of = {c: o for c, (o, _) in dup_template.copies.items()}
+    for _, row in items[items.status == "duplicate"].iterrows():
+        canonical = name_of[row["dup_of"]]
+        assert canonical in (copies_of.get(row["name"]), "zz-exact-a.bmp"), (row["name"], canonical)
+    report = result.report
+    assert report["clusters"] == len(COPIED) + 1
+    assert report["cluster_size_histogram"] == {"2": 1, "4": len(COPIED)}
+    assert report["duplicates_per_tier"] == {
+        "perceptual": 2 * len(COPIED),
+        "semantic": len(COPIED),
+        "exact": 1,
+    }
+
+
+def test_scores_are_direct_matches_to_the_canonical(dup_ws: Workspace) -> None:
+    """The chaining guard's promise, checked on the real run: every member matches its canonical directly."""
+    dedup(dup_ws, CONFIG)
+    items = _frame(dup_ws).set_index("item_id")
+    ids, matrix = load_embeddings(dup_ws, "efficientnet-lite0")
+    row_of = {item_id: k for k, item_id in enumerate(ids)}
+    for item_id, row in items[items.status == "duplicate"].iterrows():
+        canon = items.loc[row["dup_of"]]
+        assert canon["status"] == "valid" and pd.isna(canon["dup_of"])
+        if row["dup_tier"] == "perceptual":
+            dist = int(popcount(hex_to_codes([row["phash"]]) ^ hex_to_codes([canon["phash"]]))[0])
+            assert dist <= PHASH_MAX_DISTANCE and abs(row["dup_score"] - (1 - dist / 64)) < 1e-3
+        elif row["dup_tier"] == "semantic":
+            a = np.asarray(matrix[row_of[str(item_id)]], np.float32)
+            b = np.asarray(matrix[row_of[str(row["dup_of"])]], np.float32)
+            assert float(a @ b) >= EMBED_MIN_SIMILARITY["efficientnet-lite0"] - 1e-3
+
+
+def test_chaining_guard_splits_a_chain_that_union_find_would_merge() -> None:
+    # a - b - c - d - e: neighbours match, nothing else does
+    chain = Edges.build([(1, np.arange(4), np.arange(1, 5), np.full(4, 0.9, np.float32))])
+    clusters = guarded_clusters(5, chain, np.arange(5))
+    assert len(set(clusters.component.tolist())) == 1  # plain transitive closure: one cluster of 5
+    assert clusters.canonical.tolist() == [0, 0, 2, 2, 4]  # guarded: a{b}, c{d}, e
+    canonical, member = clusters.canonical, clusters.is_member
+    matched = {(int(i), int(j)) for i, j in zip(chain.i, chain.j, strict=True)}
+    for k in np.flatnonzero(member):
+        assert (min(k, canonical[k]), max(k, canonical[k])) in matched
+    # the best-ranked item leads, and a member joins the canonical of its strongest tier
+    star = Edges.build([
+        (2, np.array([0]), np.array([1]), np.array([0.95], np.float32)),
+        (1, np.array([2]), np.array([1]), np.array([0.9], np.float32)),
+    ])  # fmt: skip
+    clusters = guarded_clusters(3, star, np.array([0, 2, 1]))
+    assert clusters.canonical.tolist() == [0, 2, 2] and clusters.tier.tolist() == [-1, 1, -1]
+
+
+def test_chain_of_real_crops_is_not_merged_into_one_cluster(tmp_path: Path) -> None:
+    """Progressive crops of one photo: each matches the next, the ends do not match each other."""
+    base = Image.open(SAMPLES / "lom-0005.jpg").convert("RGB")
+    folder = tmp_path / "chain"
+    folder.mkdir()
+    w, h = base.size
+    steps = 12
+    for k in range(steps):
+        left = int(w * 0.05 * k)  # a window sliding right, 5% of the width per step
+        base.crop((left, 0, left + w // 2, h)).resize((w // 2, h)).save(
+            folder / f"step-{k:02d}.jpg", quality=92
+        )
+    ws = Workspace.init(tmp_path / "ws")
+    ingest_folder(ws, folder)
+    embed(ws, EmbedConfig(device="cpu", workers=0, progress=False))
+    result = dedup(ws, CONFIG)
+    items = _frame(ws)
+    assert result.report["matched_components"] >= 1
+    groups = items.dup_of.fillna(items.item_id)
+    assert groups.nunique() > 1  # not one cluster
+    first, last = items.item_id.iloc[0], items.item_id.iloc[-1]
+    assert groups.iloc[0] != groups.iloc[-1] or first == last
+
+
+# -- canonical policy, re-runs --------------------------------------------------------------------------------------
+
+
+def test_canonical_policy_pixels_then_licence_then_earliest() -> None:
+    items = pd.DataFrame(
+        {
+            "item_id": ["a", "b", "c", "d", "e"],
+            "width": [100, 200, 200, 200, 200],
+            "height": [100, 100, 100, 100, 100],
+            "license": ["CC0-1.0", "CC-BY-NC-4.0", "CC-BY-4.0", "CC-BY-4.0", None],
+            "ingested_at": ["2024-01-01"] * 3 + ["2023-01-01", "2022-01-01"],
+        }
+    )
+    order = canonical_order(items, np.zeros(5, bool), ())
+    assert order[0] == 3  # no preference: largest, a known licence before none, then earliest: d
+    from emo8.dedup import DEFAULT_LICENCE_PREFERENCE as PREF
+
+    order = canonical_order(items, np.zeros(5, bool), PREF)
+    assert items.item_id[order].tolist() == ["d", "c", "b", "e", "a"]
+    assert canonical_order(items, np.array([True, False, False, False, False]), PREF)[0] == 0  # sticky first
+    assert (
+        licence_rank("CC0-1.0")
+        < licence_rank("CC-BY-4.0")
+        < licence_rank("CC-BY-SA-3.0")
+        < licence_rank(None)
+    )
+    assert licence_rank("GPL-3.0-or-later") < licence_rank("CC-BY-NC-4.0") < licence_rank("")
+
+
+def test_rerun_extends_clusters_and_keeps_earlier_decisions(dup_ws: Workspace, tmp_path: Path) -> None:
+    first = dedup(dup_ws, CONFIG)
+    before = _frame(dup_ws).set_index("item_id")
+    again = dedup(dup_ws, CONFIG)
+    assert again.changed == 0  # idempotent
+    # new copies of an image that already has a cluster: a smaller one and a larger one
+    folder = tmp_path / "later"
+    folder.mkdir()
+    src = SAMPLES / COPIED[0]
+    Image.open(src).convert("RGB").save(folder / "later-q30.jpg", quality=35)  # other bytes than zz-q30
+    big = Image.open(src).convert("RGB")
+    big.resize((big.width * 2, big.height * 2), Image.Resampling.LANCZOS).save(
+        folder / "later-big.jpg", quality=95
+    )
+    ingest_folder(dup_ws, folder)
+    assert embed(dup_ws, EmbedConfig(device="cpu", workers=0, progress=False)).new == 2
+    third = dedup(dup_ws, CONFIG)
+    after = _frame(dup_ws).set_index("item_id")
+    for item_id, row in before.iterrows():  # nothing decided earlier changes
+        assert after.loc[item_id, "status"] == row["status"]
+        assert after.loc[item_id, "dup_of"] == row["dup_of"] or (
+            pd.isna(row["dup_of"]) and pd.isna(after.loc[item_id, "dup_of"])
+        )
+    rows = _by_name(after.reset_index())
+    canonical = rows[COPIED[0]]["item_id"]
+    assert rows["later-q30.jpg"]["dup_of"] == canonical
+    assert rows["later-big.jpg"]["dup_of"] == canonical  # the earlier canonical stays canonical (sticky)
+    assert third.changed == 2 and third.report["clusters"] == first.report["clusters"]
+
+
+def test_dry_run_leaves_the_catalog_alone(dup_ws: Workspace) -> None:
+    result = dedup(dup_ws, DedupConfig(dry_run=True, workers=1, device="cpu"))
+    assert result.changed == 0 and result.report["dry_run"] is True
+    assert set(dup_ws.items(["status"]).status) == {"valid"}
+    assert result.report["status"]["duplicate"] > 0
+
+
+def test_thresholds_control_the_tiers(dup_ws: Workspace) -> None:
+    strict = dedup(
+        dup_ws, DedupConfig(phash_max_distance=0, embed_min_similarity=0.999, workers=1, device="cpu")
+    )
+    assert strict.report["thresholds"]["phash_max_distance"] == 0
+    assert strict.report["duplicates_per_tier"].get("semantic", 0) == 0
+    hashes_only = dedup(dup_ws, DedupConfig(tiers=("exact", "perceptual"), workers=1, device="cpu"))
+    assert "semantic" not in hashes_only.report["duplicates_per_tier"]
+    flipped = _by_name(_frame(dup_ws))[f"zz-flip-{Path(COPIED[0]).stem}.jpg"]
+    assert flipped["status"] == "valid"  # only the semantic tier catches a mirror image
+
+
+# -- contamination ------------------------------------------------------------------------------------------------
+
+
+def test_items_matching_a_benchmark_folder_become_contaminated(dup_ws: Workspace, tmp_path: Path) -> None:
+    test_split = tmp_path / "benchmark" / "test" / "joy"
+    test_split.mkdir(parents=True)
+    make_copy(SAMPLES / "skm-0006.jpg", "half", test_split / "leaked-resized.jpg")
+    make_copy(SAMPLES / "gcq-0086.jpg", "flip", test_split / "leaked-mirrored.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 90, 3), np.uint8)).save(
+        test_split / "noise.png"
+    )
+    result = dedup(dup_ws, DedupConfig(against=str(tmp_path / "benchmark"), workers=1, device="cpu"))
+    items = _frame(dup_ws)
+    bad = items[items.status == "contaminated"]
+    names = set(bad.name)
+    # skm-0006 also has its rotated PNG/BMP copies in the workspace, but those are not the same picture
+    assert {"skm-0006.jpg", "gcq-0086.jpg"} <= names
+    assert names <= {"skm-0006.jpg", "gcq-0086.jpg"}
+    by = dict(zip(bad.name, bad.contaminated_by, strict=True))
+    assert by["skm-0006.jpg"].endswith("leaked-resized.jpg") and by["gcq-0086.jpg"].endswith(
+        "leaked-mirrored.jpg"
+    )
+    tiers = dict(zip(bad.name, bad.contaminated_tier, strict=True))
+    assert tiers == {"skm-0006.jpg": "perceptual", "gcq-0086.jpg": "semantic"}
+    assert result.report["contamination"]["reference_images"] == 3
+    # a later run without --against keeps them contaminated
+    dedup(dup_ws, CONFIG)
+    assert set(_frame(dup_ws).query("status == 'contaminated'").name) == names
+
+
+def test_contamination_spreads_to_the_cluster_and_reads_hf_datasets(
+    dup_ws: Workspace, tmp_path: Path
+) -> None:
+    stem = Path(COPIED[1]).stem
+    leaked = dup_ws.items(["source_path"])
+    flip_path = next(p for p in leaked.source_path if Path(p).name == f"zz-flip-{stem}.jpg")
+    ds = datasets.Dataset.from_dict({"image": [flip_path], "label": [0]}).cast_column(
+        "image", datasets.Image()
+    )
+    datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "hf"))
+    # match the test set by bytes only: just the mirrored copy matches directly
+    config = DedupConfig(against=str(tmp_path / "hf"), against_tiers=("exact",), workers=1, device="cpu")
+    result = dedup(dup_ws, config)
+    items = _frame(dup_ws)
+    bad = items[items.status == "contaminated"].set_index("name")
+    family = {COPIED[1], f"zz-half-{stem}.jpg", f"zz-q30-{stem}.jpg", f"zz-flip-{stem}.jpg"}
+    assert set(bad.index) == family  # the whole cluster: a copy of a leaked image leaks too
+    assert bad.loc[f"zz-flip-{stem}.jpg", "contaminated_tier"] == "exact"
+    assert bad.loc[f"zz-flip-{stem}.jpg", "contaminated_by"].startswith("hf://")
+    others = bad.drop(index=f"zz-flip-{stem}.jpg")
+    assert (others.contaminated_tier == "cluster").all()
+    flip_id = items.set_index("name").loc[f"zz-flip-{stem}.jpg", "item_id"]
+    assert (others.contaminated_by == f"cluster:{flip_id}").all()
+    assert result.report["contamination"]["direct_matches"] == 1
+
+
+# -- reports and CLI ------------------------------------------------------------------------------------------------
+
+
+def test_reports_json_and_self_contained_gallery(dup_ws: Workspace) -> None:
+    result = dedup(dup_ws, DedupConfig(semdedup_eps=(0.01, 0.5), workers=1, device="cpu"))
+    report = json.loads((dup_ws.reports_dir / "dedup.json").read_text())
+    assert report["thresholds"]["phash_max_distance"] == PHASH_MAX_DISTANCE
+    assert set(report["pairs_per_tier"]) == {"exact", "perceptual", "semantic"}
+    assert report["cluster_size_histogram"] and report["largest_cluster"] >= 2
+    rates = report["semdedup"]["eps"]
+    assert rates["0.01"]["rate"] <= rates["0.5"]["rate"] and rates["0.5"]["removed"] > 0
+    html = (dup_ws.reports_dir / "dedup.html").read_text()
+    assert html.count("data:image/jpeg;base64,") >= 2 * report["clusters"]
+    assert not re.search(r'src="(?!data:)', html)  # no external resource
+    sizes = [int(s) for s in re.findall(r"cluster of (\d+)", html)]
+    assert sizes == sorted(sizes, reverse=True) and len(sizes) == report["clusters"]
+    assert "perceptual" in html and "semantic" in html
+    assert result.html_path == dup_ws.reports_dir / "dedup.html"
+
+
+def test_semdedup_apply_marks_the_thinned_items(dup_ws: Workspace) -> None:
+    result = dedup(dup_ws, DedupConfig(semdedup_eps=(0.5,), semdedup_apply=True, workers=1, device="cpu"))
+    thinned = _frame(dup_ws).query("dup_tier == 'semdedup'")
+    assert len(thinned) == result.report["semdedup"]["eps"]["0.5"]["removed"] > 0
+    assert result.report["semdedup"]["applied_eps"] == 0.5
+
+
+def test_cli_dedup_prints_a_summary_and_refuses_unknown_models(dup_ws: Workspace) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["dedup", "-w", str(dup_ws.root), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "dedup (dry run)" in result.output and "clusters" in result.output and "dedup.html" in result.output
+    )
+    bad = runner.invoke(app, ["dedup", "-w", str(dup_ws.root), "--model", "timm:resnet18"])
+    assert bad.exit_code == 2 and "emo8 embed" in bad.output
+
+
+# -- search primitives ----------------------------------------------------------------------------------------------
+
+
+def _planted_codes(n: int, planted: int, max_flips: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    for k in range(planted):
+        flips = rng.choice(64, int(rng.integers(0, max_flips + 1)), replace=False)
+        mask = np.uint64(sum(1 << int(b) for b in flips))
+        codes[planted + k] = codes[k] ^ mask
+    return codes
+
+
+@pytest.mark.parametrize("max_distance", [3, 8, 10])
+def test_multi_index_hashing_is_exact(max_distance: int) -> None:
+    codes = _planted_codes(20_000, 2_000, max_distance + 2)
+    flat = hamming_pairs(codes, max_distance, config=SearchConfig(binary_flat_max_work=10**12))
+    mih = hamming_pairs(codes, max_distance, config=SearchConfig(binary_flat_max_work=0))
+    want = set(zip(flat.i.tolist(), flat.j.tolist(), strict=True))
+    assert want == set(zip(mih.i.tolist(), mih.j.tolist(), strict=True))
+    assert len(flat) >= 1000 and (flat.value <= max_distance).all() and (flat.i < flat.j).all()
+    chunks, radius = mih_plan(max_distance, 1_000_000)
+    assert sum(bits for _, bits in chunks) == 64 and len(chunks) * (radius + 1) > max_distance
+
+
+def test_ivf_cosine_search_finds_what_flat_search_finds() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((50, 48)).astype(np.float32)
+    x = centres[rng.integers(0, 50, 8000)] + rng.standard_normal((8000, 48)).astype(np.float32) * 0.6
+    x[4000:4500] = x[:500] + rng.standard_normal((500, 48)).astype(np.float32) * 0.08
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat = cosine_pairs(x.astype(np.float16), 0.9, config=SearchConfig(float_flat_max=10**9))
+    ivf = cosine_pairs(x.astype(np.float16), 0.9, config=SearchConfig(float_flat_max=0, nprobe=4))
+    want = set(zip(flat.i.tolist(), flat.j.tolist(), strict=True))
+    got = set(zip(ivf.i.tolist(), ivf.j.tolist(), strict=True))
+    assert len(want) >= 500 and got <= want and len(got & want) / len(want) >= 0.99
+    cross = cosine_pairs(x[:100], 0.9, queries=x[4000:4100], config=SearchConfig(float_flat_max=0))
+    assert {(i, j) for i, j in zip(cross.i.tolist(), cross.j.tolist(), strict=True) if i == j} == {
+        (k, k) for k in range(100)
+    }
+
+
+def test_no_workspace_needed_for_a_copy(tmp_path: Path, dup_template: DupSet) -> None:
+    """The fixture template itself stays untouched by the tests (each works on its own copy)."""
+    shutil.copytree(dup_template.root, tmp_path / "copy")
+    ws = Workspace.open(tmp_path / "copy")
+    assert set(ws.items(["status"]).status) == {"valid"}
