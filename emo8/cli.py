@@ -814,7 +814,7 @@ def dedup_cmd(
     report = result.report
     per_tier = ", ".join(f"{k}={v}" for k, v in report["duplicates_per_tier"].items()) or "none"
     out.print(
-        f"[bold]dedup[/]{' (dry run)' if dry_run else ''}: {report['items']} items, {report['clusters']} clusters, "
+        f"[bold]dedup[/]{' (dry run)' if dry_run else ''}: {report['items']} items, {report['clusters']} cluster(s), "
         f"duplicates {per_tier}; {result.changed} item(s) changed in {report['seconds']:.1f}s"
     )
     out.print("  status: " + ", ".join(f"{k}={v}" for k, v in report["status"].items()))

@@ -27,7 +27,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -752,9 +754,13 @@ def _json_default(value: Any) -> Any:
 
 
 def _atomic_text(ws: Workspace, path: Path, text: str) -> None:
-    from emo8.workspace import _atomic_write
-
-    _atomic_write(path, text.encode(), ws.tmp_dir)
+    """Write a report atomically (temp file in tmp/, then rename), readable like the other reports."""
+    ws.tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=ws.tmp_dir, prefix=".report-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(name, 0o644)
+    os.replace(name, path)
 
 
 def pair_digest(frame: pd.DataFrame) -> str:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -137,8 +136,10 @@ def _sha256_file(path: Path) -> str:
 
 
 def _atomic_replace(tmp: Path, path: Path) -> None:
+    """fsync ``tmp`` (a file in the workspace's tmp/), make it world-readable like other outputs, rename it."""
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -567,9 +568,3 @@ def _progress(enabled: bool, total: int, key: str) -> Progress:
     )
     progress.add_task("embed", total=total)
     return progress
-
-
-def embedding_frame(ws: Workspace, key: str, verify: bool = True) -> pd.Series:
-    """Return a Series ``item_id -> row`` into the matrix of :func:`load_embeddings` (for joins)."""
-    ids = EmbeddingStore.for_key(ws, key).item_ids(verify)
-    return pd.Series(np.arange(len(ids)), index=pd.Index(ids, name="item_id"))
