@@ -201,6 +201,11 @@ def _missing_bytes(fmt: str, data: bytes) -> bool:
     return False
 
 
+def _hex(image_hash: imagehash.ImageHash) -> str:
+    """``str(image_hash)`` (big-endian hex of the bits) without imagehash's per-bit Python loop."""
+    return np.packbits(image_hash.hash.reshape(-1)).tobytes().hex()
+
+
 def colorfulness(rgb: np.ndarray) -> float:
     """Return the Hasler and Suesstrunk (2003) colorfulness of an ``(..., 3)`` RGB array on the 0-255 scale.
 
@@ -397,7 +402,7 @@ def _inspect(data: bytes, fmt: str, config: ValidationConfig) -> ImageInfo:
         n_frames=n_frames,
         brightness=float(np.asarray(luma).mean()) / 255.0,
         colorfulness=colorfulness(np.asarray(sig)),
-        phash=str(imagehash.phash(luma)),
-        dhash=str(imagehash.dhash(luma)),
+        phash=_hex(imagehash.phash(luma)),
+        dhash=_hex(imagehash.dhash(luma)),
         pixel_hash=pixel_hash,
     )

