@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from emo8.cli_common import WorkspaceOpt, console, exit_on, out
 from emo8.download import DownloadConfig
 from emo8.imaging import ValidationConfig
 from emo8.ingest import IngestOptions, IngestSummary, ingest, process_pending
@@ -22,15 +22,6 @@ app = typer.Typer(
 )
 ingest_app = typer.Typer(no_args_is_help=True, help="Add images from a source to the workspace.")
 app.add_typer(ingest_app, name="ingest")
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-
-WorkspaceOpt = Annotated[
-    Path,
-    typer.Option(
-        "--workspace", "-w", envvar="EMO8_WORKSPACE", help="Workspace directory (env EMO8_WORKSPACE)."
-    ),
-]
 # Fetch and validation options shared by the ingest commands.
 Concurrency = Annotated[int, typer.Option(help="Global limit of requests in flight.")]
 PerHost = Annotated[int, typer.Option(help="Limit of requests in flight per host.")]
@@ -51,11 +42,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 def _open(workspace: Path) -> Workspace:
-    try:
+    with exit_on((WorkspaceError, 2)):
         return Workspace.open(workspace)
-    except WorkspaceError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _options(
@@ -89,15 +77,9 @@ def _options(
 
 def _run_ingest(workspace: Path, source_name: str, options: IngestOptions, **source_options: Any) -> None:
     ws = _open(workspace)
-    try:
+    with exit_on((SourceError, 2), (WorkspaceError, 1)):
         source = create_source(source_name, **source_options)
         summary = ingest(ws, source, options)
-    except SourceError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
-    except WorkspaceError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
     for warning in getattr(source, "warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
     _print_summary(summary)
@@ -119,11 +101,8 @@ def _print_summary(summary: IngestSummary) -> None:
 @app.command()
 def init(path: Annotated[Path, typer.Argument(help="Directory to create the workspace in.")]) -> None:
     """Create a workspace (idempotent)."""
-    try:
+    with exit_on((WorkspaceError, 2)):
         ws = Workspace.init(path)
-    except WorkspaceError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     out.print(f"workspace ready at {ws.root}")
 
 
@@ -318,11 +297,8 @@ def audit_cmd(
     config = AuditConfig(
         out=out_path, model=model, probe=probe, min_agreement=min_agreement, queue=queue, workers=workers
     )
-    try:
+    with exit_on((ValueError, 2)):
         result = audit(ws, config)
-    except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     kinds = ", ".join(f"{k} {v}" for k, v in result.label_kinds.items()) or "none"
     out.print(f"[bold]audit[/]: {result.items} valid items, {result.labelled} labelled ({kinds})")
     if not result.labelled:
@@ -351,15 +327,12 @@ def split_cmd(
     from emo8.split import SPLITS, SplitConfig, SplitError, assign_splits, parse_ratios
 
     ws = _open(workspace)
-    try:
+    with exit_on((SplitError, 2)):
         config = SplitConfig(
             ratios=parse_ratios(ratios), seed=seed, reassign=reassign, model=model,
             phash_max_distance=phash_max_distance,
         )  # fmt: skip
         result, _items = assign_splits(ws, config, write=not dry_run)
-    except SplitError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     total = sum(result.counts.values()) or 1
     shares = ", ".join(f"{s} {result.counts[s]} ({result.counts[s] / total:.1%})" for s in SPLITS)
     out.print(
@@ -417,14 +390,8 @@ def release_cmd(
         out=out_dir, imagefolder_out=imagefolder_out, max_shard_bytes=int(max_shard_mb * 1024 * 1024),
         overwrite=overwrite, repo_id=repo, allow_leaks=allow_leaks,
     )  # fmt: skip
-    try:
+    with exit_on((NothingToRelease, 1, "no release"), (ReleaseError, 2)):
         result = release(ws, config)
-    except NothingToRelease as exc:
-        console.print(f"[red]no release:[/] {exc}")
-        raise typer.Exit(1) from exc
-    except ReleaseError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     total = sum(result.splits.values())
     out.print(f"[bold]release {result.version}[/]: {total} images at {result.path}")
     out.print("  splits: " + ", ".join(f"{k} {v}" for k, v in result.splits.items()))
@@ -467,11 +434,8 @@ def push_cmd(
     from emo8.hub import PushConfig, PushError, push_release
 
     ws = _open(workspace)
-    try:
+    with exit_on((PushError, 1)):
         result = push_release(ws, PushConfig(version, repo, private, endpoint, xet=xet))
-    except PushError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
     if result.noop:
         out.print(f"[bold]{repo}[/] already has {result.tag} with identical content: nothing to do")
         return
@@ -496,11 +460,8 @@ def takedown_cmd(
     from emo8.takedown import TakedownError, TakedownRequest, take_down
 
     ws = _open(workspace)
-    try:
+    with exit_on((TakedownError, 2)):
         result = take_down(ws, TakedownRequest(reason, sha256=sha256, url=url, author=author, purge=purge))
-    except TakedownError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     out.print(
         f"[bold]{result.takedown_id}[/] ({result.selector}): {result.matched} item(s) matched, "
         f"{len(result.removed)} removed with their copies; {len(result.hashes)} hash(es) recorded"
@@ -556,11 +517,8 @@ def suggest_cmd(
         label_sources=tuple(s.strip() for s in labels.split(",") if s.strip()), seed=seed,
     )  # fmt: skip
     notes: list[str] = []
-    try:
+    with exit_on(((SuggestError, WeightsError, EncoderKeyError), 2)):
         result = suggest(ws, config, progress=not quiet, notes=notes)
-    except (SuggestError, WeightsError, EncoderKeyError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     for note in notes:
         out.print(f"  note: {note}")
     by_source = ", ".join(f"{k}={v}" for k, v in sorted(result.labels_by_source.items())) or "none"
@@ -615,11 +573,8 @@ def select_cmd(
         budget=budget, strategy=strategy, round=round_name, seed=seed, measure=measure, model=model,
         pool_factor=pool_factor,
     )  # fmt: skip
-    try:
+    with exit_on((SelectError, 2)):
         result = select(ws, config)
-    except SelectError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     excluded = ", ".join(f"{k}={v}" for k, v in sorted(result.excluded.items())) or "none"
     out.print(
         f"[bold]{result.round}[/] ({result.strategy}): {result.selected} new item(s) selected, "
@@ -660,11 +615,8 @@ def detect_people_cmd(
         backend=backend, weights=weights, random_init=random_init, score_threshold=threshold, max_side=max_side,
         batch_size=batch_size, workers=workers, device=device, redo=redo, progress=not quiet,
     )  # fmt: skip
-    try:
+    with exit_on((DetectorError, 2)):
         result = detect_people(ws, config)
-    except DetectorError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     rate = f" ({result.images_per_second:.1f} images/s)" if result.processed else ""
     out.print(
         f"[bold]detect-people {result.backend}[/]: {result.processed} image(s) in {result.seconds:.1f}s{rate}, "
@@ -684,11 +636,8 @@ def labels_import_cmd(
     from emo8.suggest import SuggestError, import_labels
 
     ws = _open(workspace)
-    try:
+    with exit_on((SuggestError, 2)):
         result = import_labels(ws, file, id_col=id_col, label_col=label_col)
-    except SuggestError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     out.print(
         f"[bold]labels import[/]: {result.rows} row(s): {result.updated} updated, {result.unchanged} unchanged, "
         f"{result.unknown_item} unknown item(s), {result.unknown_label} unknown label(s), "
@@ -735,14 +684,8 @@ def embed_cmd(
         model=model, weights=str(weights) if weights else None, random_init=random_init, device=device,
         batch_size=batch_size, workers=workers, dtype=dtype, progress=not quiet,
     )  # fmt: skip
-    try:
+    with exit_on(((WeightsError, EncoderKeyError, ValueError), 2), (EmbeddingStoreError, 1)):
         summary = embed(ws, config)
-    except (WeightsError, EncoderKeyError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
-    except EmbeddingStoreError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
     info = summary.as_dict()
     rate = f", {info['images_per_second']} images/s" if info["images_per_second"] else ""
     out.print(
@@ -803,14 +746,8 @@ def dedup_cmd(
         semdedup_eps=tuple(semdedup_eps or ()), semdedup_apply=semdedup_apply,
         tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()), workers=workers, device=device,
     )  # fmt: skip
-    try:
+    with exit_on(((ValueError, WeightsError, EncoderKeyError), 2), (EmbeddingStoreError, 1)):
         result = dedup(ws, config)
-    except (ValueError, WeightsError, EncoderKeyError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
-    except EmbeddingStoreError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
     report = result.report
     per_tier = ", ".join(f"{k}={v}" for k, v in report["duplicates_per_tier"].items()) or "none"
     out.print(

@@ -157,6 +157,19 @@ def _by_sha256(ws: Workspace, items: pd.DataFrame, value: str) -> set[str]:
     return set(items.loc[items["sha256"] == value, "item_id"].astype(str))
 
 
+def _matching(
+    ws: Workspace, items: pd.DataFrame, column: str, normalise: Callable[[str], str], target: str
+) -> set[str]:
+    """Ids of the items whose ``column``, on the item or on any of its origins, normalises to ``target``."""
+    origins = ws.origins()
+    return {
+        str(item_id)
+        for frame in (items, origins)
+        for item_id, value in zip(frame["item_id"], frame[column], strict=True)
+        if present(value) and normalise(str(value)) == target
+    }
+
+
 def _normalise_url(url: str) -> str:
     return url.strip().rstrip("/")
 
@@ -164,17 +177,7 @@ def _normalise_url(url: str) -> str:
 @selector("url")
 def _by_url(ws: Workspace, items: pd.DataFrame, value: str) -> set[str]:
     target = _normalise_url(value)
-    found = {
-        str(i)
-        for i, u in zip(items["item_id"], items["url"], strict=True)
-        if present(u) and _normalise_url(u) == target
-    }
-    origins = ws.origins()
-    found |= {
-        str(i)
-        for i, u in zip(origins["item_id"], origins["url"], strict=True)
-        if present(u) and _normalise_url(u) == target
-    }
+    found = _matching(ws, items, "url", _normalise_url, target)
     for item_id, meta in zip(items["item_id"], items["meta"], strict=True):
         decoded = _json(meta)
         pages = (decoded.get(k) for k in ("landing_url", "foreign_landing_url", "page_url", "source_page"))
@@ -189,19 +192,7 @@ def _normalise_name(name: str) -> str:
 
 @selector("author")
 def _by_author(ws: Workspace, items: pd.DataFrame, value: str) -> set[str]:
-    target = _normalise_name(value)
-    found = {
-        str(i)
-        for i, a in zip(items["item_id"], items["author"], strict=True)
-        if present(a) and _normalise_name(a) == target
-    }
-    origins = ws.origins()
-    found |= {
-        str(i)
-        for i, a in zip(origins["item_id"], origins["author"], strict=True)
-        if present(a) and _normalise_name(a) == target
-    }
-    return found
+    return _matching(ws, items, "author", _normalise_name, _normalise_name(value))
 
 
 def _json(value: Any) -> dict[str, Any]:

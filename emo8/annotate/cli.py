@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from emo8.cli_common import WorkspaceOpt, console, exit_on, out
 
 if TYPE_CHECKING:
     from emo8.annotate.client import Client
@@ -24,15 +25,6 @@ annotate_app = typer.Typer(
     no_args_is_help=True,
     help="Annotation rounds in Label Studio: serve, push, pull, import, status, aggregate.",
 )
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-
-WorkspaceOpt = Annotated[
-    Path,
-    typer.Option(
-        "--workspace", "-w", envvar="EMO8_WORKSPACE", help="Workspace directory (env EMO8_WORKSPACE)."
-    ),
-]
 RoundOpt = Annotated[
     str, typer.Option("--round", "-r", help="Round name (as given to `emo8 select --round`).")
 ]
@@ -58,14 +50,8 @@ def _errors() -> Iterator[None]:
     from emo8.annotate.errors import AnnotateError, ServerUnavailable
     from emo8.workspace import WorkspaceError
 
-    try:
+    with exit_on((ServerUnavailable, 1), ((AnnotateError, WorkspaceError), 2)):
         yield
-    except ServerUnavailable as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
-    except (AnnotateError, WorkspaceError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _open(workspace: Path) -> Workspace:
