@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass
 from typing import IO
 
-import imagehash
 import numpy as np
 from PIL import ExifTags, Image
 
@@ -127,11 +127,11 @@ class ImageInfo:
     n_frames
         Number of frames (1 for still images).
     brightness
-        Mean luma (ITU-R 601, as Pillow's ``L`` mode) in [0, 1].
+        Mean luma (ITU-R 601 weights, as Pillow's ``L`` mode) in [0, 1].
     colorfulness
         Hasler and Suesstrunk (2003) colorfulness on 0-255 RGB, see :func:`colorfulness`.
     phash, dhash
-        64-bit ``imagehash.phash`` / ``imagehash.dhash`` as 16 hex characters.
+        64-bit pHash / dHash (imagehash's definitions, see :func:`perceptual_hashes`) as 16 hex characters.
     pixel_hash
         SHA-256 hex digest identifying the decoded pixels, see :func:`inspect_image`.
     """
@@ -201,9 +201,68 @@ def _missing_bytes(fmt: str, data: bytes) -> bool:
     return False
 
 
-def _hex(image_hash: imagehash.ImageHash) -> str:
-    """``str(image_hash)`` (big-endian hex of the bits) without imagehash's per-bit Python loop."""
-    return np.packbits(image_hash.hash.reshape(-1)).tobytes().hex()
+def _lanczos_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` weights of Pillow's antialiased Lanczos-3 resampling of ``n_in`` samples to ``n_out``
+    (``Image.resize(..., LANCZOS)`` along one axis, in float, without Pillow's 8-bit rounding between passes)."""
+
+    def lanczos(x: np.ndarray) -> np.ndarray:
+        return np.where(np.abs(x) < 3.0, np.sinc(x) * np.sinc(x / 3.0), 0.0)
+
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    weights = np.zeros((n_out, n_in))
+    for out in range(n_out):
+        centre = (out + 0.5) * scale
+        lo, hi = max(0, int(centre - 3.0 * stretch + 0.5)), min(n_in, int(centre + 3.0 * stretch + 0.5))
+        taps = lanczos((np.arange(lo, hi) - centre + 0.5) / stretch)
+        weights[out, lo:hi] = taps / taps.sum()
+    return weights
+
+
+def _dct_matrix(n: int, keep: int) -> np.ndarray:
+    """The first ``keep`` rows of the unnormalised ``n``-point DCT-II (``scipy.fftpack.dct``'s convention)."""
+    k = np.arange(keep)[:, None]
+    return 2.0 * np.cos(np.pi * k * (2 * np.arange(n) + 1) / (2 * n))
+
+
+# pHash and dHash as imagehash defines them: luma Lanczos-resized to 32x32, DCT, the 8x8 lowest frequencies
+# against their median; luma resized to 9x8, each pixel against its left neighbour. The resizes act on the
+# SIGNAL_SIDE luma as matrix products, rounded to 8 bits after each pass as Pillow does (the rounding matters:
+# it makes near-equal neighbours ties rather than coin flips), and the DCT is folded into the second pass.
+_LANCZOS_TO_32 = _lanczos_matrix(SIGNAL_SIDE, 32)  # (32, 64)
+_DCT_LOW = _dct_matrix(32, 8)  # (8, 32)
+_DHASH_ROWS = _lanczos_matrix(SIGNAL_SIDE, 8)  # (8, 64)
+_DHASH_COLS = _lanczos_matrix(SIGNAL_SIDE, 9)  # (9, 64)
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as Pillow's "L" mode
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer in [0, 255], in place (ufuncs: ``np.clip``'s wrapper costs more here)."""
+    np.rint(x, out=x)
+    np.maximum(x, 0.0, out=x)
+    return np.minimum(x, 255.0, out=x)
+
+
+def _bits_hex(bits: np.ndarray) -> str:
+    """Row-major bits as big-endian hex, the same string as ``str(imagehash.ImageHash(bits))``."""
+    return np.packbits(bits.reshape(-1)).tobytes().hex()
+
+
+def perceptual_hashes(luma: np.ndarray) -> tuple[str, str]:
+    """Return ``(phash, dhash)`` of a ``SIGNAL_SIDE`` x ``SIGNAL_SIDE`` luma array of integers 0-255 (any dtype) as
+    16 hex characters each.
+
+    The same as ``imagehash.phash`` / ``imagehash.dhash`` of that luma image up to Pillow's fixed-point
+    arithmetic: a value within rounding of the median (or of its neighbour) may flip, so a few images differ from
+    imagehash by a bit or two (``tests/test_imaging.py`` bounds how many). Two small matrix products per hash
+    replace two resizes and two DCTs.
+    """
+    wide = _to_u8(luma @ _LANCZOS_TO_32.T)  # (64, 32): Pillow resizes horizontally first
+    small = _to_u8(_LANCZOS_TO_32 @ wide)  # (32, 32)
+    low = np.round(_DCT_LOW @ small @ _DCT_LOW.T, 6)  # (8, 8); rounded so a flat image's zeros are zeros
+    median = np.partition(low.reshape(-1), (31, 32))[31:33].mean()
+    rows = _to_u8(_DHASH_ROWS @ _to_u8(luma @ _DHASH_COLS.T))  # (8, 9)
+    return _bits_hex(low > median), _bits_hex(rows[:, 1:] > rows[:, :-1])
 
 
 def colorfulness(rgb: np.ndarray) -> float:
@@ -214,14 +273,15 @@ def colorfulness(rgb: np.ndarray) -> float:
     more for extremely colourful ones.
     """
     px = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
-    if px.shape[0] == 0:
+    n = px.shape[0]
+    if n == 0:
         return 0.0
-    r, g, b = px[:, 0], px[:, 1], px[:, 2]
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    sigma = float(np.hypot(rg.std(), yb.std()))
-    mu = float(np.hypot(rg.mean(), yb.mean()))
-    return sigma + 0.3 * mu
+    rg = px[:, 0] - px[:, 1]
+    yb = 0.5 * (px[:, 0] + px[:, 1]) - px[:, 2]
+    mean_rg, mean_yb = rg.sum() / n, yb.sum() / n
+    var_rg = max(float(rg @ rg) / n - mean_rg * mean_rg, 0.0)  # one pass each instead of np.std's several
+    var_yb = max(float(yb @ yb) / n - mean_yb * mean_yb, 0.0)
+    return float(math.sqrt(var_rg + var_yb) + 0.3 * math.hypot(mean_rg, mean_yb))
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -391,7 +451,9 @@ def _inspect(data: bytes, fmt: str, config: ValidationConfig) -> ImageInfo:
             return _reject(_failure(exc, fmt, data), _describe(exc), fmt, (w, h))
     if orientation >= 5:
         w, h = h, w
-    luma = sig.convert("L")
+    pixels = np.asarray(sig)  # (SIGNAL_SIDE, SIGNAL_SIDE, 3) uint8
+    luma = _to_u8(pixels @ _LUMA)  # (SIGNAL_SIDE, SIGNAL_SIDE) Pillow "L" values, as float64
+    phash, dhash = perceptual_hashes(luma)
     tiny = sig.resize((PIXEL_HASH_SIDE, PIXEL_HASH_SIDE), Image.Resampling.BOX)
     pixel_hash = hashlib.sha256(f"{w}x{h}:".encode() + tiny.tobytes()).hexdigest()
     return ImageInfo(
@@ -400,9 +462,9 @@ def _inspect(data: bytes, fmt: str, config: ValidationConfig) -> ImageInfo:
         width=w,
         height=h,
         n_frames=n_frames,
-        brightness=float(np.asarray(luma).mean()) / 255.0,
-        colorfulness=colorfulness(np.asarray(sig)),
-        phash=_hex(imagehash.phash(luma)),
-        dhash=_hex(imagehash.dhash(luma)),
+        brightness=float(luma.mean()) / 255.0,
+        colorfulness=colorfulness(pixels),
+        phash=phash,
+        dhash=dhash,
         pixel_hash=pixel_hash,
     )

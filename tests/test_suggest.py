@@ -33,7 +33,6 @@ from emo8.suggest import (
     fit_suggester,
     fit_temperature,
     import_labels,
-    load_embeddings,
     softmax,
     suggest,
 )
@@ -175,26 +174,26 @@ def test_suggestions_beat_chance_on_real_images(
     assert agree == pytest.approx(overall["combined"]["accuracy"], abs=0.08)
 
 
-def test_calibration_lowers_ece_on_held_out_items(
-    lite0_ws: Workspace, sample_rows: list[dict[str, str]]
-) -> None:
+def test_calibration_lowers_ece_of_overconfident_sources_on_held_out_items() -> None:
+    """Sharp kNN votes and a barely regularised probe are overconfident on overlapping classes; the fitted
+    temperature must soften them and lower the held-out ECE. (Synthetic clusters with 240 held-out items: ECE on
+    the 81 sample images is too noisy to test, and their embeddings shift slightly between CPUs.)"""
     from sklearn.model_selection import StratifiedShuffleSplit
 
-    labels = category_labels(lite0_ws, sample_rows)
-    ids, matrix = load_embeddings(lite0_ws, "efficientnet-lite0")
-    row = {item_id: i for i, item_id in enumerate(ids)}
-    keys = sorted(labels)
-    x = np.asarray(matrix[[row[k] for k in keys]], dtype=np.float32)
-    y = np.array([EMOTIONS.index(labels[k]) for k in keys])
-    config = SuggestConfig(min_labels_per_class=2, folds=4)
-    before, after = [], []
-    splits = StratifiedShuffleSplit(n_splits=5, test_size=0.4, random_state=0)
-    for train, test in splits.split(x, y):
-        suggester = fit_suggester(x[train], y[train], config, SourceContext(n_classes=8))
-        held = suggester.source_probs(x[test])
-        before.append(expected_calibration_error(suggester.pooling.combine(held, calibrated=False), y[test]))
-        after.append(expected_calibration_error(suggester.pooling.combine(held, calibrated=True), y[test]))
-    assert np.mean(after) < np.mean(before) - 0.02, (before, after)
+    rng = np.random.default_rng(0)
+    n_classes, dim, per_class = 8, 32, 60
+    centres = rng.normal(size=(n_classes, dim))
+    y = np.repeat(np.arange(n_classes), per_class)
+    x = centres[y] * 0.35 + rng.normal(size=(len(y), dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    config = SuggestConfig(min_labels_per_class=2, folds=4, probe_c=1000.0, knn_temperature=0.01)
+    train, test = next(StratifiedShuffleSplit(n_splits=1, test_size=0.5, random_state=0).split(x, y))
+    suggester = fit_suggester(x[train], y[train], config, SourceContext(n_classes=n_classes))
+    held = suggester.source_probs(x[test])
+    before = expected_calibration_error(suggester.pooling.combine(held, calibrated=False), y[test])
+    after = expected_calibration_error(suggester.pooling.combine(held, calibrated=True), y[test])
+    assert suggester.pooling.temperature > 1.2, suggester.pooling.as_dict()
+    assert after < before - 0.08, (before, after)
 
 
 def test_suggest_is_incremental(
