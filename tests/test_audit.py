@@ -52,12 +52,12 @@ def test_planted_label_errors_are_flagged(variants_ws: Workspace) -> None:
     noisy = audit(variants_ws, AuditConfig(queue="recheck"))
     flagged = noisy.flagged("label_issues")
     found = set(planted) & set(flagged)
-    assert len(found) >= 5, (len(found), len(flagged))
+    assert len(found) >= 5, (len(found), len(flagged))  # measured 9 of 12, 16 flagged
     assert len(flagged) <= 4 * len(planted)  # a short list for a human, not the whole catalog
     # Correctly labelled, the same items are rarely flagged (a few are borderline images whatever their label, and
     # which ones depends on float details of the embeddings): planting the errors must add flags, not just keep them.
     flagged_when_clean = len(set(planted) & set(clean.flagged("label_issues")))
-    assert flagged_when_clean <= 3
+    assert flagged_when_clean <= 4  # measured 2 of 12
     assert len(found) >= flagged_when_clean + 3
     section = noisy.sections["label_issues"]
     assert section.data["probe_accuracy"] > 0.5 and section.data["model"] == "efficientnet-lite0"
