@@ -157,7 +157,11 @@ def test_suggestions_beat_chance_on_real_images(
     # probe 0.69, combined 0.73 against a majority baseline of 0.35
     for source, margin in (("knn", 0.06), ("probe", 0.15), ("combined", 0.15)):
         assert overall[source]["n"] == len(labels)
-        assert overall[source]["accuracy"] > max(majority, 1 / n_classes) + margin, (source, overall, majority)
+        assert overall[source]["accuracy"] > max(majority, 1 / n_classes) + margin, (
+            source,
+            overall,
+            majority,
+        )
         assert overall[source]["macro_f1"] > 2 / n_classes, (source, overall)
     assert set(report["metrics"]["per_domain"]) >= {"(none)"}
     # stored columns: 8 probabilities summing to 1, argmax = suggested label, entropy consistent
