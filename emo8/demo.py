@@ -72,9 +72,10 @@ def run(root: Path) -> int:
     local, remote = rows[1::2], rows[::2]  # the folder gets len // 2 rows, the URL list the rest
     for row in local:
         shutil.copy(SAMPLES / row["file"], folder / Path(row["file"]).name)
-    cat = Image.open(SAMPLES / "images" / "skm-0009.jpg").convert("RGB")  # copies for dedup (issue 3) to find
-    cat.resize((cat.width // 2, cat.height // 2)).save(folder / "copy-resized-skm-0009.jpg")
-    ImageOps.mirror(cat).save(folder / "copy-mirrored-skm-0009.jpg")
+    # copies for dedup to find, named to register after the original (which therefore stays canonical)
+    cat = Image.open(SAMPLES / "images" / "skm-0009.jpg").convert("RGB")
+    cat.resize((cat.width // 2, cat.height // 2)).save(folder / "zz-copy-resized-skm-0009.jpg")
+    ImageOps.mirror(cat).save(folder / "zz-copy-mirrored-skm-0009.jpg")
     workspace = str(root / "workspace")
     runner = CliRunner()
 

@@ -304,6 +304,15 @@ def test_demo_builds_a_workspace_offline(tmp_path: Path, sample_rows: list[dict[
     counts = ws.status()
     # the demo adds a resized and a mirrored copy of one sample, which dedup (issue 3) marks as duplicates
     assert counts["status"] == {"valid": len(sample_rows), "duplicate": 2, "failed": 1}
+    items = ws.items(["item_id", "source_path", "status", "dup_of", "dup_tier"]).set_index("item_id")
+    name = items.source_path.fillna("").map(lambda p: Path(p).name)
+    original = items.index[name == "skm-0009.jpg"][0]
+    copies = items[items.status == "duplicate"]
+    assert (copies.dup_of == original).all()  # the original, registered first, stays canonical
+    assert dict(zip(name[copies.index], copies.dup_tier, strict=True)) == {
+        "zz-copy-resized-skm-0009.jpg": "perceptual",
+        "zz-copy-mirrored-skm-0009.jpg": "semantic",
+    }
     assert counts["source"] == {
         "folder": len(sample_rows) // 2 + 2,
         "urls": len(sample_rows) - len(sample_rows) // 2 + 1,
