@@ -96,6 +96,8 @@ def _print_summary(summary: IngestSummary) -> None:
         out.print("  status: " + ", ".join(f"{k}={v}" for k, v in summary.statuses.most_common()))
     if summary.reasons:
         out.print("  reasons: " + ", ".join(f"{k}={v}" for k, v in summary.reasons.most_common()))
+    if summary.taken_down:
+        out.print(f"  take-down: {summary.taken_down} item(s) copy taken-down images and were removed")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from emo8.catalog import SIGNAL_COLUMNS, ItemOutcome, OriginRecord
 from emo8.download import DownloadConfig, FetchRequest, FetchResult, fetch_stream
 from emo8.imaging import ImageInfo, ValidationConfig, inspect_image
 from emo8.sources import Source, read_local
+from emo8.takedown import enforce
 from emo8.workspace import ObjectStore, Workspace
 
 #: Fetch failures that are a site's policy (or our SSRF guard), not an error: recorded as ``skipped``.
@@ -59,6 +60,7 @@ class IngestSummary:
     processed: int = 0
     merged: int = 0
     bytes_stored: int = 0
+    taken_down: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -71,6 +73,7 @@ class IngestSummary:
             "processed": self.processed,
             "merged": self.merged,
             "bytes_stored": self.bytes_stored,
+            "taken_down": self.taken_down,
             "statuses": dict(self.statuses),
             "reasons": dict(self.reasons),
             "seconds": round(self.seconds, 3),
@@ -102,7 +105,12 @@ def process_pending(
     options: IngestOptions | None = None,
     summary: IngestSummary | None = None,
 ) -> IngestSummary:
-    """Fetch, validate and store every ``pending`` item (of one source, or all); return the summary."""
+    """Fetch, validate and store every ``pending`` item (of one source, or all); return the summary.
+
+    Recorded take-downs are then re-applied (:func:`emo8.takedown.enforce`): an item that copies a taken-down
+    image is ``removed`` at once (counted in ``taken_down``), and bytes of a purged take-down that arrived again
+    are deleted again.
+    """
     options = options or IngestOptions()
     summary = summary or IngestSummary(source=source or "all")
     started = time.perf_counter()
@@ -126,6 +134,8 @@ def process_pending(
                 asyncio.run(_process_remote(ws, remote, options, pool, sink))
         finally:
             sink.flush()
+    # copies of images taken down earlier never stay: removed now, and purged bytes that came back deleted again
+    summary.taken_down += sum(enforce(ws).values())
     summary.seconds += time.perf_counter() - started
     return summary
 

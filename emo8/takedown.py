@@ -8,8 +8,8 @@ unless ``purge`` is set, which deletes the stored bytes (and any HTML report tha
 
 The request is kept in the catalog (tables ``takedowns`` and ``takedown_hashes``) as hashes only: sha256, pixel
 hash and pHash of each removed item. :func:`enforce` re-applies every recorded take-down to the current catalog,
-so a copy ingested *after* the take-down is removed as well; the release and split stages call it before they
-read the catalog. The release CHANGELOG lists removed items by hash with the take-down id.
+so a copy ingested *after* the take-down is removed as well; ingest calls it when it ends, the split and release
+stages before they read the catalog. The release CHANGELOG lists removed items by hash with the take-down id.
 """
 
 from __future__ import annotations
