@@ -767,3 +767,44 @@ def test_client_retries_reads_not_creations_and_reads_full_annotations_from_serv
         with pytest.raises(ServerUnavailable, match="did not answer"):
             slow.project(2)
         assert server.hits("/api/projects/2/") >= 2
+
+
+def test_task_pages_exchange_a_personal_access_token_and_again_when_the_access_token_expires() -> None:
+    """Label Studio's JWT flow on a loopback server: refresh token -> access token; a 401 (expired access) makes
+    the client exchange the refresh token again and repeat the read, once."""
+    from aiohttp import web
+    from httpfixtures import LoopbackServer
+    from label_studio_sdk.core.api_error import ApiError
+
+    refresh_token = "header.refresh-payload.signature"
+    issued: list[str] = []
+    accepted: set[str] = set()
+
+    async def refresh(request: web.Request) -> web.Response:
+        body = await request.json()
+        if request.method != "POST" or body != {"refresh": refresh_token}:
+            return web.json_response({"detail": "bad refresh"}, status=401)
+        issued.append(f"access.{len(issued) + 1}.sig")
+        accepted.clear()
+        accepted.add(issued[-1])  # a new access token expires the previous one
+        return web.json_response({"access": issued[-1]})
+
+    async def tasks(request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in accepted:
+            return web.json_response({"detail": "Given token not valid"}, status=401)
+        page = int(request.query["page"])
+        if page == 1:
+            accepted.clear()  # the access token expires between the two pages
+        return web.json_response({"total": 2, "tasks": [{"id": page, "data": {"item_id": str(page)}}]})
+
+    with LoopbackServer({"/api/token/refresh/": refresh, "/api/tasks/": tasks}) as server:
+        client = Client(server.url("/").rstrip("/"), refresh_token, FAST)
+        pages = list(client.task_pages(1, page_size=1, annotations=False))
+        assert [page[0]["id"] for page in pages] == [1, 2]
+        assert issued == ["access.1.sig", "access.2.sig"]
+        assert server.hits("/api/tasks/") == 3  # page 1, page 2 refused (expired), page 2 again
+        bad = Client(server.url("/").rstrip("/"), "header.wrong.signature", FAST)
+        with pytest.raises(ApiError) as refused:
+            list(bad.task_pages(1, annotations=False))
+        assert refused.value.status_code == 401

@@ -59,6 +59,55 @@ def _never_sent(exc: BaseException) -> bool:
     return isinstance(exc, httpx.ConnectError)
 
 
+def _is_jwt(token: str) -> bool:
+    """Personal access tokens are JWTs (``header.payload.signature``); legacy tokens are 40 hex digits."""
+    return token.count(".") == 2
+
+
+class RestReader:
+    """GET requests returning raw JSON from Label Studio's documented REST API, authenticated as the SDK does.
+
+    A personal access token (a JWT refresh token) is exchanged for an access token at ``POST /api/token/refresh/``
+    and exchanged again when the server answers 401; a legacy token is sent as ``Authorization: Token ...``. Kept
+    apart from the SDK so that no private SDK attribute is needed; failures raise the SDK's ``ApiError`` so that
+    :func:`is_transient` treats both paths alike.
+    """
+
+    def __init__(self, url: str, api_key: str, timeout: float) -> None:
+        self.http = httpx.Client(base_url=url.rstrip("/") + "/", timeout=timeout)
+        self.api_key = api_key
+        self.access: str | None = None
+
+    def _authorization(self) -> str:
+        if not _is_jwt(self.api_key):
+            return f"Token {self.api_key}"
+        if self.access is None:
+            response = self.http.post("api/token/refresh/", json={"refresh": self.api_key})
+            _raise_for_status(response)
+            self.access = str(response.json()["access"])
+        return f"Bearer {self.access}"
+
+    def get(self, path: str, params: Mapping[str, Any]) -> httpx.Response:
+        """GET ``path`` (relative to the server URL); exchange the token again once on 401 (expired access)."""
+        response = self._get(path, params)
+        if response.status_code == 401 and self.access is not None:
+            self.access = None
+            response = self._get(path, params)
+        return response
+
+    def _get(self, path: str, params: Mapping[str, Any]) -> httpx.Response:
+        return self.http.get(path, params=dict(params), headers={"Authorization": self._authorization()})
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    from label_studio_sdk.core.api_error import ApiError
+
+    if response.status_code >= 400:
+        raise ApiError(
+            status_code=response.status_code, headers=dict(response.headers), body=response.text[:500]
+        )
+
+
 class Client:
     """The Label Studio API at ``url``, authenticated with ``api_key``, with retries (see :class:`ClientConfig`).
 
@@ -82,6 +131,7 @@ class Client:
         self.sdk: LabelStudio = LabelStudio(
             base_url=self.url, api_key=api_key, timeout=self.config.timeout, max_retries=0
         )
+        self.rest = RestReader(self.url, api_key, self.config.timeout)
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -192,8 +242,8 @@ class Client:
         their full ``annotations`` when ``annotations`` is true.
 
         Each page is fetched with retries, so a server that restarts between two pages costs a wait, not the pull.
-        Pages are read as raw JSON through the SDK's authenticated HTTP client (validating thousands of tasks into the
-        SDK's models costs as much as the server takes to produce them), restricted to the fields needed
+        Pages are read as raw JSON by :class:`RestReader` (validating thousands of tasks into the SDK's models costs
+        as much as the server takes to produce them), restricted to the fields needed
         (``include=id,data,annotations&expand=annotations``: about 7x faster than ``fields=all``, which also computes
         predictions, drafts and per-task aggregates). A server that answers with annotation stubs instead is read
         with ``fields=all``.
@@ -225,15 +275,10 @@ class Client:
 
     def _get_json(self, path: str, params: Mapping[str, Any]) -> Any:
         """GET ``path`` and return its JSON; None on 404 (past the last page); ``ApiError`` on other failures."""
-        from label_studio_sdk.core.api_error import ApiError
-
-        response = self.sdk._client_wrapper.httpx_client.request(path, method="GET", params=dict(params))
+        response = self.rest.get(path, params)
         if response.status_code == 404:
             return None
-        if response.status_code >= 400:
-            raise ApiError(
-                status_code=response.status_code, headers=dict(response.headers), body=response.text[:500]
-            )
+        _raise_for_status(response)
         return response.json()
 
 
