@@ -8,8 +8,10 @@ as ``emo8 dedup``:
   uniform in [S + 0.01, 0.995]; :func:`emo8.similarity.cosine_pairs` at S (IVF partition + FAISS range search), then
   :func:`emo8.similarity.guarded_clusters`.
 * ``hashes``: 1M 64-bit codes, half uniform and half around 10,000 centres (16 random bit flips each, so codes of one
-  centre are ~27 bits apart), plus ``--planted`` pairs 0..D bits apart; :func:`emo8.similarity.hamming_pairs` at D
-  (multi-index hashing, exact), then the clustering.
+  centre are ~27 bits apart), plus ``--planted`` pairs 0..D bits apart, plus ``--blob`` codes that are all one code
+  (blank placeholders: uncapped they alone would make ``blob**2 / 2`` pairs); :func:`emo8.similarity.hamming_pairs`
+  at D (multi-index hashing, exact, each code keeping ``emo8 dedup``'s default ``max_neighbours`` best-ranked
+  matches), then the clustering, which must put the whole blob in one cluster.
 
 Reported per part: wall time (generation excluded, timed separately), peak RSS, recall of the planted pairs, other
 pairs found. Targets on the 2-core machine: <= 10 minutes and <= 6 GB RSS each, planted-pair recall >= 0.99.
@@ -36,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from emo8.dedup import EMBED_MIN_SIMILARITY, PHASH_MAX_DISTANCE  # noqa: E402
+from emo8.dedup import EMBED_MIN_SIMILARITY, MAX_NEIGHBOURS, PHASH_MAX_DISTANCE  # noqa: E402
 from emo8.similarity import TIER_PRIORITY, Edges, SearchConfig, cosine_pairs, guarded_clusters, hamming_pairs  # noqa: E402
 
 OUT = REPO / "benchmarks" / "out"
@@ -96,7 +98,9 @@ def part_embeddings(args: argparse.Namespace) -> dict[str, Any]:
         rss_gen = _rss_gb()
         matrix = np.load(path, mmap_mode="r")
         t0 = time.perf_counter()
-        config = SearchConfig(memory_budget_gb=args.memory_budget_gb, nprobe=args.nprobe)
+        config = SearchConfig(
+            memory_budget_gb=args.memory_budget_gb, nprobe=args.nprobe, max_neighbours=MAX_NEIGHBOURS
+        )
         pairs = cosine_pairs(matrix, s, config=config)
         t_search = time.perf_counter() - t0
         edges = Edges.build([(TIER_PRIORITY["semantic"], pairs.i, pairs.j, pairs.value)])
@@ -128,7 +132,9 @@ def part_hashes(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(16):
         flips ^= np.uint64(1) << rng.integers(0, 64, base - half).astype(np.uint64)
     codes[half:base] = centres[owner] ^ flips
-    src = np.sort(rng.choice(base, planted, replace=False))
+    blob = np.arange(args.blob)  # taken from the uniform half, never a planted source
+    codes[blob] = codes[0]
+    src = np.sort(args.blob + rng.choice(base - args.blob, planted, replace=False))
     dst = np.arange(base, n)
     masks = np.zeros(planted, np.uint64)
     for k in range(planted):
@@ -137,7 +143,8 @@ def part_hashes(args: argparse.Namespace) -> dict[str, Any]:
     codes[dst] = codes[src] ^ masks
     t_gen = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pairs = hamming_pairs(codes, d)
+    config = SearchConfig(max_neighbours=MAX_NEIGHBOURS)
+    pairs = hamming_pairs(codes, d, config=config, priority=np.arange(n))
     t_search = time.perf_counter() - t0
     score = (1.0 - pairs.value / 64.0).astype(np.float32)
     edges = Edges.build([(TIER_PRIORITY["perceptual"], pairs.i, pairs.j, score)])
@@ -148,7 +155,8 @@ def part_hashes(args: argparse.Namespace) -> dict[str, Any]:
         "part": "hashes", "n": n, "planted": planted, "max_distance": d, "generate_seconds": round(t_gen, 1),
         "search_seconds": round(t_search, 1), "search_and_cluster_seconds": round(t_total, 1), "pairs": len(pairs),
         "other_pairs": other, "planted_recall": recall, "clusters": len(clusters.sizes()),
-        "peak_rss_gb": round(_rss_gb(), 2),
+        "blob": args.blob, "blob_canonicals": len(np.unique(clusters.canonical[blob])), "capped": pairs.capped,
+        "max_neighbours": MAX_NEIGHBOURS, "peak_rss_gb": round(_rss_gb(), 2),
     }  # fmt: skip
 
 
@@ -160,6 +168,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--planted", type=int, default=20_000)
+    parser.add_argument(
+        "--blob", type=int, default=20_000, help="hashes that are all one code (placeholders)"
+    )
     parser.add_argument("--min-similarity", type=float, default=EMBED_MIN_SIMILARITY["efficientnet-lite0"])
     parser.add_argument("--max-distance", type=int, default=PHASH_MAX_DISTANCE)
     parser.add_argument("--nprobe", type=int, default=SearchConfig().nprobe)

@@ -50,6 +50,7 @@ from emo8.similarity import (
     Clusters,
     Edges,
     Matrix,
+    Pairs,
     SearchConfig,
     cosine_pairs,
     guarded_clusters,
@@ -70,6 +71,9 @@ DHASH_MAX_DISTANCE = 16
 EMBED_MIN_SIMILARITY: dict[str, float] = {"efficientnet-lite0": 0.79}
 #: Used for model keys without a measured default (clip-retrieval's dedup threshold); re-run the benchmark.
 EMBED_MIN_SIMILARITY_FALLBACK = 0.94
+#: Matches each item keeps per tier when it has more (the best-ranked ones, see ``SearchConfig.max_neighbours``):
+#: bounds the pairs of huge groups of look-alikes to ``n * MAX_NEIGHBOURS``.
+MAX_NEIGHBOURS = 64
 
 #: Statuses that take part in dedup (``contaminated`` items are matched, so their copies are caught too).
 CANDIDATE_STATUSES = ("valid", "duplicate", "contaminated")
@@ -128,7 +132,8 @@ class DedupConfig:
     licence_preference
         See :data:`DEFAULT_LICENCE_PREFERENCE`.
     search
-        Index choice and memory bounds (:class:`emo8.similarity.SearchConfig`).
+        Index choice and memory bounds (:class:`emo8.similarity.SearchConfig`); by default each item keeps at most
+        :data:`MAX_NEIGHBOURS` matches per tier, those with the items first in the canonical order.
     html_max_clusters, html_max_members
         Gallery size bounds.
     workers
@@ -151,7 +156,7 @@ class DedupConfig:
     against_tiers: tuple[str, ...] | None = None
     dry_run: bool = False
     licence_preference: tuple[str, ...] = DEFAULT_LICENCE_PREFERENCE
-    search: SearchConfig = field(default_factory=SearchConfig)
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(max_neighbours=MAX_NEIGHBOURS))
     html_max_clusters: int = 200
     html_max_members: int = 12
     workers: int = 1
@@ -287,9 +292,18 @@ def _confirm(ctx: Context, i: np.ndarray, j: np.ndarray, dist: np.ndarray, dh_i:
     return i[ok], j[ok], (1.0 - dist[ok] / 64.0).astype(np.float32)
 
 
+def _note_capped(ctx: Context, tier: str, pairs: Pairs) -> None:
+    if pairs.capped:
+        ctx.notes.append(
+            f"{tier}: {pairs.capped} item(s) matched more than {ctx.config.search.max_neighbours} others; each kept "
+            "its matches with the items first in the canonical order (search.max_neighbours)"
+        )
+
+
 def _perceptual_pairs(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pos, ph, dh = _hash_arrays(ctx.items)
-    pairs = hamming_pairs(ph, ctx.config.phash_max_distance, config=ctx.config.search)
+    pairs = hamming_pairs(ph, ctx.config.phash_max_distance, config=ctx.config.search, priority=ctx.rank[pos])
+    _note_capped(ctx, "perceptual", pairs)
     i, j, score = _confirm(ctx, pairs.i, pairs.j, pairs.value, dh[pairs.i], dh[pairs.j])
     return pos[i], pos[j], score
 
@@ -325,7 +339,8 @@ def _semantic_pairs(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pos, matrix = _embedded(ctx)
     if matrix is None or ctx.min_similarity is None:
         return _EMPTY
-    pairs = cosine_pairs(matrix, ctx.min_similarity, config=ctx.config.search)
+    pairs = cosine_pairs(matrix, ctx.min_similarity, config=ctx.config.search, priority=ctx.rank[pos])
+    _note_capped(ctx, "semantic", pairs)
     return pos[pairs.i], pos[pairs.j], np.minimum(pairs.value, 1.0).astype(np.float32)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
@@ -55,6 +55,12 @@ class SearchConfig:
         Queries per block of the binary searches.
     seed
         Seed of the samples and of k-means.
+    max_neighbours
+        0: every match. Otherwise each query keeps at least its ``max_neighbours`` matches of smallest priority
+        (the ``priority`` argument of the searches, e.g. the canonical order; index order by default) and drops
+        the rest, so thousands of mutually matching items (blank placeholders, one meme reposted thousands of
+        times) give ``n * max_neighbours`` pairs rather than ``n**2 / 2``. Every item still keeps its matches
+        with the best-ranked items of its group, which is what clustering needs.
     """
 
     binary_flat_max_work: int = 400_000_000
@@ -66,15 +72,25 @@ class SearchConfig:
     memory_budget_gb: float = 2.0
     block: int = 4096
     seed: int = 0
+    max_neighbours: int = 0
 
 
 @dataclass
 class Pairs:
-    """Matched pairs: ``i[k]`` (query) and ``j[k]`` (database) with ``value[k]`` (distance or similarity)."""
+    """Matched pairs: ``i[k]`` (query) and ``j[k]`` (database) with ``value[k]`` (distance or similarity).
+
+    ``capped_queries`` holds the queries that had more matches than ``SearchConfig.max_neighbours``.
+    """
 
     i: np.ndarray
     j: np.ndarray
     value: np.ndarray
+    capped_queries: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def capped(self) -> int:
+        """How many queries lost matches to the cap."""
+        return len(self.capped_queries)
 
     def __len__(self) -> int:
         return len(self.i)
@@ -91,6 +107,7 @@ class Pairs:
             np.concatenate([p.i for p in parts]).astype(np.int64),
             np.concatenate([p.j for p in parts]).astype(np.int64),
             np.concatenate([p.value for p in parts]).astype(dtype),
+            np.unique(np.concatenate([p.capped_queries for p in parts])),
         )
 
     def unique(self, keep: str = "min") -> Pairs:
@@ -103,7 +120,52 @@ class Pairs:
         first = np.ones(len(order), bool)
         first[1:] = key[order][1:] != key[order][:-1]
         sel = order[first]
-        return Pairs(self.i[sel], self.j[sel], self.value[sel])
+        return Pairs(self.i[sel], self.j[sel], self.value[sel], self.capped_queries)
+
+
+def _capped(
+    qi: np.ndarray, dj: np.ndarray, limit: int, priority: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mask keeping, for each query in ``qi``, its ``limit`` matches ``dj`` of smallest ``priority[dj]`` (then
+    smallest ``dj``), and the queries that lost matches. ``limit <= 0`` keeps everything."""
+    keep = np.ones(len(qi), bool)
+    none = np.zeros(0, np.int64)
+    if limit <= 0 or len(qi) <= limit:
+        return keep, none
+    queries, counts = np.unique(qi, return_counts=True)
+    if counts.max() <= limit:
+        return keep, none
+    order = np.lexsort((dj, dj if priority is None else priority[dj], qi))
+    sorted_q = qi[order]
+    position = np.arange(len(order)) - np.searchsorted(sorted_q, sorted_q, side="left")
+    keep[order[position >= limit]] = False
+    return keep, queries[counts > limit].astype(np.int64)
+
+
+def _select(
+    qi: np.ndarray,
+    dj: np.ndarray,
+    value: np.ndarray,
+    self_join: bool,
+    config: SearchConfig,
+    priority: np.ndarray | None,
+) -> Pairs:
+    """The pairs a search returns from one part of its matches (complete lists for the queries ``qi``).
+
+    A self-join reports each unordered pair once as ``(min, max)``: with no cap, only from the smaller index's
+    list; with a cap, from every list that keeps it (the caller removes the repeats with :meth:`Pairs.unique`).
+    """
+    if config.max_neighbours <= 0:
+        keep = dj > qi if self_join else np.ones(len(qi), bool)
+        return Pairs(qi[keep], dj[keep], value[keep])
+    if self_join:
+        other = dj != qi
+        qi, dj, value = qi[other], dj[other], value[other]
+    keep, capped = _capped(qi, dj, config.max_neighbours, priority)
+    qi, dj, value = qi[keep], dj[keep], value[keep]
+    if self_join:
+        qi, dj = np.minimum(qi, dj), np.maximum(qi, dj)
+    return Pairs(qi, dj, value, capped)
 
 
 # -- 64-bit hashes --------------------------------------------------------------------------------------------
@@ -128,6 +190,7 @@ def hamming_pairs(
     max_distance: int,
     database: np.ndarray | None = None,
     config: SearchConfig = SearchConfig(),
+    priority: np.ndarray | None = None,
 ) -> Pairs:
     """Return all pairs within Hamming distance ``max_distance`` (exact).
 
@@ -141,7 +204,9 @@ def hamming_pairs(
         ``uint64`` hashes to search; None searches ``codes`` against itself and returns each unordered pair once
         (``i < j``).
     config
-        When to switch from FAISS ``IndexBinaryFlat`` to multi-index hashing.
+        When to switch from FAISS ``IndexBinaryFlat`` to multi-index hashing; ``max_neighbours``.
+    priority
+        Per database hash, smaller = kept first when ``config.max_neighbours`` caps a query's matches.
 
     Returns
     -------
@@ -151,20 +216,96 @@ def hamming_pairs(
     db = codes if database is None else database
     if len(codes) == 0 or len(db) == 0:
         return Pairs.empty(np.int16)
+    if self_join and config.max_neighbours > 0:
+        distinct, inverse = np.unique(codes, return_inverse=True)
+        if len(distinct) < len(codes):
+            return _hamming_grouped(distinct, inverse.ravel(), max_distance, config, priority)
     if len(codes) * len(db) <= config.binary_flat_max_work:
-        return _hamming_flat(codes, db, max_distance, self_join, config.block)
-    return _hamming_mih(codes, db, max_distance, self_join, config.block)
+        pairs = _hamming_flat(codes, db, max_distance, self_join, config, priority)
+    else:
+        pairs = _hamming_mih(codes, db, max_distance, self_join, config, priority)
+    return pairs.unique() if self_join and config.max_neighbours > 0 else pairs
 
 
-def _hamming_flat(q: np.ndarray, db: np.ndarray, max_distance: int, self_join: bool, block: int) -> Pairs:
+def _hamming_grouped(
+    distinct: np.ndarray,
+    inverse: np.ndarray,
+    max_distance: int,
+    config: SearchConfig,
+    priority: np.ndarray | None,
+) -> Pairs:
+    """Capped self-join when codes repeat: search the distinct codes once, then give each item the
+    ``max_neighbours`` best-ranked items among the codes within reach (its own code's other items included).
+
+    A code shared by thousands of items (blank placeholders) costs one search and ``members * max_neighbours``
+    pairs, instead of ``members**2`` candidates in every substring table of the multi-index search.
+    """
+    limit = config.max_neighbours
+    n = len(inverse)
+    prio = np.arange(n) if priority is None else np.asarray(priority)
+    order = np.lexsort((np.arange(n), prio, inverse))  # items grouped by code, best-ranked first
+    bounds = np.searchsorted(inverse[order], np.arange(len(distinct) + 1))
+    size = np.diff(bounds)
+    between = hamming_pairs(distinct, max_distance, config=config, priority=prio[order[bounds[:-1]]])
+    # every code's codes within reach (itself included), both directions
+    u = np.concatenate([between.i, between.j, np.arange(len(distinct))])
+    v = np.concatenate([between.j, between.i, np.arange(len(distinct))])
+    d = np.concatenate([between.value, between.value, np.zeros(len(distinct), np.int16)])
+    by_u = np.argsort(u, kind="stable")
+    u, v, d = u[by_u], v[by_u], d[by_u]
+    row_bounds = np.searchsorted(u, np.arange(len(distinct) + 1))
+    heads = np.minimum(
+        size[v], limit + 1
+    )  # the best limit + 1 items of a code are all any neighbour can keep
+    reach = np.bincount(u, weights=size[v], minlength=len(distinct)) - 1  # items within reach of each item
+    parts: list[Pairs] = []
+    work = np.add.reduceat(heads, row_bounds[:-1]) * 2 + size * (limit + 1)  # rows each code expands to
+    for sl in _slices_by_total(work, 4_000_000):
+        rows = slice(row_bounds[sl.start], row_bounds[sl.stop])
+        cu, cv, cd, ch = u[rows], v[rows], d[rows], heads[rows]
+        # candidates: the heads of every code within reach, then the best limit + 1 per code
+        item = order[np.repeat(bounds[cv] - (np.cumsum(ch) - ch), ch) + np.arange(int(ch.sum()))]
+        cu, cd = np.repeat(cu, ch), np.repeat(cd, ch)
+        keep, _ = _capped(cu, item, limit + 1, prio)
+        cu, item, cd = cu[keep], item[keep], cd[keep]
+        # each member of a code gets its code's candidate list, minus itself, capped to `limit`
+        codes_here = np.arange(sl.start, sl.stop)
+        members = order[bounds[sl.start] : bounds[sl.stop]]  # the codes' items are contiguous in `order`
+        member_code = np.repeat(codes_here, size[codes_here])
+        cand_bounds = np.searchsorted(cu, np.arange(sl.start, sl.stop + 1))
+        cand_count = np.diff(cand_bounds)[member_code - sl.start]
+        x = np.repeat(members, cand_count)
+        pick = np.repeat(
+            cand_bounds[member_code - sl.start] - (np.cumsum(cand_count) - cand_count), cand_count
+        )
+        pick = pick + np.arange(int(cand_count.sum()))
+        y, dist = item[pick], cd[pick]
+        other = x != y
+        x, y, dist = x[other], y[other], dist[other]
+        keep, _ = _capped(x, y, limit, prio)
+        x, y, dist = x[keep], y[keep], dist[keep]
+        parts.append(Pairs(np.minimum(x, y), np.maximum(x, y), dist))
+    lost = np.union1d(np.flatnonzero(reach > limit), between.capped_queries)  # codes whose items lost matches
+    pairs = Pairs.concat(parts, np.int16).unique()
+    pairs.capped_queries = np.flatnonzero(np.isin(inverse, lost)).astype(np.int64)
+    return pairs
+
+
+def _hamming_flat(
+    q: np.ndarray,
+    db: np.ndarray,
+    max_distance: int,
+    self_join: bool,
+    config: SearchConfig,
+    priority: np.ndarray | None,
+) -> Pairs:
     index = faiss.IndexBinaryFlat(64)
     index.add(_faiss_codes(db))
     parts = []
-    for start in range(0, len(q), block):
-        lims, dist, ids = index.range_search(_faiss_codes(q[start : start + block]), max_distance + 1)
+    for start in range(0, len(q), config.block):
+        lims, dist, ids = index.range_search(_faiss_codes(q[start : start + config.block]), max_distance + 1)
         qi = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims.astype(np.int64)))
-        keep = ids > qi if self_join else np.ones(len(ids), bool)
-        parts.append(Pairs(qi[keep], ids[keep].astype(np.int64), dist[keep].astype(np.int16)))
+        parts.append(_select(qi, ids.astype(np.int64), dist.astype(np.int16), self_join, config, priority))
     return Pairs.concat(parts, np.int16)
 
 
@@ -198,7 +339,14 @@ def _ball(bits: int, radius: int) -> np.ndarray:
     return np.array(masks, dtype=np.int64)
 
 
-def _hamming_mih(q: np.ndarray, db: np.ndarray, max_distance: int, self_join: bool, block: int) -> Pairs:
+def _hamming_mih(
+    q: np.ndarray,
+    db: np.ndarray,
+    max_distance: int,
+    self_join: bool,
+    config: SearchConfig,
+    priority: np.ndarray | None,
+) -> Pairs:
     """Multi-index hashing with cache-friendly access: queries and database are both sorted by the substring, so
     the probes of one flip mask over a block of sorted queries walk the bucket table almost sequentially, and the
     candidates of a probe are a contiguous run of the sorted database."""
@@ -221,8 +369,8 @@ def _hamming_mih(q: np.ndarray, db: np.ndarray, max_distance: int, self_join: bo
         q_sorted = q[q_order]
         del q_keys
         ball = _ball(bits, radius)
-        for start in range(0, len(q), block):
-            keys = q_keys_sorted[start : start + block]
+        for start in range(0, len(q), config.block):
+            keys = q_keys_sorted[start : start + config.block]
             probes = (ball[:, None] ^ keys[None, :]).ravel()  # mask-major: near-sequential in the table
             begin = offsets[probes]
             count = offsets[probes + 1] - begin
@@ -237,11 +385,7 @@ def _hamming_mih(q: np.ndarray, db: np.ndarray, max_distance: int, self_join: bo
                 dist = popcount(q_sorted[qi] ^ db_sorted[pos])
                 ok = dist <= max_distance
                 qo, do = q_order[qi[ok]], db_order[pos[ok]]
-                if self_join:
-                    keep = do > qo
-                    parts.append(Pairs(qo[keep], do[keep], dist[ok][keep]))
-                else:
-                    parts.append(Pairs(qo, do, dist[ok]))
+                parts.append(_select(qo, do, dist[ok], self_join, config, priority))
     return Pairs.concat(parts, np.int16).unique()
 
 
@@ -308,6 +452,7 @@ def cosine_pairs(
     min_similarity: float,
     queries: Matrix | None = None,
     config: SearchConfig = SearchConfig(),
+    priority: np.ndarray | None = None,
 ) -> Pairs:
     """Return pairs with cosine similarity >= ``min_similarity`` between L2-normalised rows.
 
@@ -320,7 +465,9 @@ def cosine_pairs(
     queries
         ``(m, d)`` queries; None searches ``matrix`` against itself, each unordered pair once (``i < j``).
     config
-        Flat/IVF switch, partition size and memory budget.
+        Flat/IVF switch, partition size, memory budget and ``max_neighbours``.
+    priority
+        Per database row, smaller = kept first when ``config.max_neighbours`` caps a query's matches.
 
     Returns
     -------
@@ -331,8 +478,9 @@ def cosine_pairs(
     if n == 0 or (queries is not None and len(queries) == 0):
         return Pairs.empty()
     if n <= config.float_flat_max:
-        return _cosine_flat(matrix, min_similarity, queries, config)
-    return _cosine_ivf(matrix, min_similarity, queries, config, self_join)
+        pairs = _cosine_flat(matrix, min_similarity, queries, config, priority)
+        return pairs.unique(keep="max") if self_join and config.max_neighbours > 0 else pairs
+    return _cosine_ivf(matrix, min_similarity, queries, config, self_join, priority)
 
 
 def _rows_per_block(dim: int, config: SearchConfig, share: float = 0.25) -> int:
@@ -345,7 +493,11 @@ def _range(index: faiss.Index, q: np.ndarray, threshold: float) -> tuple[np.ndar
 
 
 def _cosine_flat(
-    matrix: Matrix, min_similarity: float, queries: Matrix | None, config: SearchConfig
+    matrix: Matrix,
+    min_similarity: float,
+    queries: Matrix | None,
+    config: SearchConfig,
+    priority: np.ndarray | None,
 ) -> Pairs:
     index = faiss.IndexFlatIP(matrix.shape[1])
     index.add(_f32(matrix))
@@ -355,8 +507,7 @@ def _cosine_flat(
     for start in range(0, len(q_all), step):
         lims, sims, ids = _range(index, q_all[start : start + step], min_similarity)
         qi = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims.astype(np.int64)))
-        keep = (ids > qi) if queries is None else np.ones(len(ids), bool)
-        parts.append(Pairs(qi[keep], ids[keep].astype(np.int64), sims[keep]))
+        parts.append(_select(qi, ids.astype(np.int64), sims, queries is None, config, priority))
     return Pairs.concat(parts)
 
 
@@ -397,6 +548,7 @@ def _cosine_ivf(
     queries: Matrix | None,
     config: SearchConfig,
     self_join: bool,
+    priority: np.ndarray | None,
 ) -> Pairs:
     n, dim = matrix.shape
     nlist = config.nlist or int(np.clip(2 * math.sqrt(n), 16, 8192))
@@ -426,11 +578,12 @@ def _cosine_ivf(
             qi = np.repeat(np.sort(rows), np.diff(lims.astype(np.int64)))
             dj = members[ids]
             keep = dj != qi if self_join else np.ones(len(dj), bool)
-            parts.append(Pairs(qi[keep], dj[keep], sims[keep]))
+            capped, lost = _capped(qi[keep], dj[keep], config.max_neighbours, priority)
+            parts.append(Pairs(qi[keep][capped], dj[keep][capped], sims[keep][capped], lost))
     pairs = Pairs.concat(parts)
     if self_join and len(pairs):
         lo, hi = np.minimum(pairs.i, pairs.j), np.maximum(pairs.i, pairs.j)
-        pairs = Pairs(lo, hi, pairs.value)
+        pairs = Pairs(lo, hi, pairs.value, pairs.capped_queries)
     return pairs.unique(keep="max")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -87,6 +88,18 @@ def test_tiers_find_the_transformed_copies_and_merge_no_distinct_images(
         "semantic": len(COPIED),
         "exact": 1,
     }
+
+
+def test_capped_matches_keep_the_clusters_when_the_canonical_ranks_first(dup_ws: Workspace) -> None:
+    """Each copy keeps only its single best-ranked match per tier: that is its original (the larger or earlier
+    image), so the clusters are those of the uncapped run, and the report says matches were dropped."""
+    full = dedup(dup_ws, replace(CONFIG, dry_run=True, search=SearchConfig()))
+    capped = dedup(dup_ws, replace(CONFIG, dry_run=True, search=SearchConfig(max_neighbours=1)))
+    columns = ["item_id", "status", "dup_of", "dup_tier"]
+    pd.testing.assert_frame_equal(full.frame[columns], capped.frame[columns])
+    assert not any("matched more than" in note for note in full.report["notes"])
+    assert any(note.startswith("perceptual:") and "matched more than 1 others" in note
+               for note in capped.report["notes"])  # fmt: skip
 
 
 def test_scores_are_direct_matches_to_the_canonical(dup_ws: Workspace) -> None:
@@ -363,6 +376,70 @@ def test_ivf_cosine_search_finds_what_flat_search_finds() -> None:
     assert {(i, j) for i, j in zip(cross.i.tolist(), cross.j.tolist(), strict=True) if i == j} == {
         (k, k) for k in range(100)
     }
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_a_huge_group_of_look_alikes_gives_bounded_pairs_and_one_cluster(flat: bool) -> None:
+    """3,000 items with one pHash (blank placeholders) among distinct ones: uncapped that is 4.5M pairs; capped
+    at 16 each item keeps its 16 best-ranked matches, which include the group's best item, so the guard still
+    makes one cluster with the best-ranked item as canonical, and the planted pairs elsewhere are all kept."""
+    codes = _planted_codes(6_000, 500, 4)
+    blob = np.arange(3_000, 6_000)
+    codes[blob] = np.uint64(0x8000000000000000)
+    rng = np.random.default_rng(3)
+    rank = rng.permutation(len(codes))
+    config = SearchConfig(max_neighbours=16, binary_flat_max_work=10**12 if flat else 0)
+    capped = hamming_pairs(codes, 4, config=config, priority=rank)
+    full = hamming_pairs(codes, 4, config=replace(config, max_neighbours=0))
+    assert len(full) >= 3_000 * 2_999 // 2 and full.capped == 0
+    assert len(capped) <= 3_000 * 16 + 2_000 and capped.capped >= 3_000
+    pairs = set(zip(capped.i.tolist(), capped.j.tolist(), strict=True))
+    assert (capped.i < capped.j).all() and len(pairs) == len(capped)
+    planted = {(k, 500 + k) for k in range(500)}  # outside the blob nothing is capped
+    assert planted <= {(i, j) for i, j in pairs if j < 3_000}
+    edges = Edges.build([(1, capped.i, capped.j, 1.0 - capped.value / 64.0)])
+    clusters = guarded_clusters(len(codes), edges, np.argsort(rank))
+    best = blob[np.argmin(rank[blob])]
+    assert (clusters.canonical[blob] == best).all()
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_repeated_codes_are_searched_once_and_give_every_pair_when_nothing_is_capped(flat: bool) -> None:
+    """With a cap that no item reaches, the grouped search over distinct codes returns exactly the pairs (and
+    distances) of the plain search: identical codes pair with each other at 0 and with each other's matches."""
+    rng = np.random.default_rng(5)
+    codes = _planted_codes(12_000, 1_000, 4)
+    for k in range(0, 1_500, 3):  # 500 codes repeated three times
+        codes[8_000 + k : 8_000 + k + 3] = codes[k]
+    base = SearchConfig(binary_flat_max_work=10**12 if flat else 0)
+    plain = hamming_pairs(codes, 4, config=base)
+    grouped = hamming_pairs(
+        codes, 4, config=replace(base, max_neighbours=64), priority=rng.permutation(12_000)
+    )
+    assert grouped.capped == 0 and len(plain) > 2_000
+    triples = set(zip(plain.i.tolist(), plain.j.tolist(), plain.value.tolist(), strict=True))
+    assert triples == set(zip(grouped.i.tolist(), grouped.j.tolist(), grouped.value.tolist(), strict=True))
+
+
+def test_capped_cosine_search_keeps_the_best_ranked_matches() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1_500, 32)).astype(np.float32)
+    x[:600] = x[0] + rng.standard_normal((600, 32)).astype(np.float32) * 0.01  # 600 near-identical images
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rank = rng.permutation(len(x))
+    best = int(np.argmin(rank[:600]))
+    flat = cosine_pairs(x, 0.95, config=SearchConfig(max_neighbours=8, float_flat_max=10**9), priority=rank)
+    assert flat.capped == 600 and len(flat) <= 600 * 8
+    partners = set(flat.j[flat.i == best].tolist()) | set(flat.i[flat.j == best].tolist())
+    assert partners == set(range(600)) - {best}  # everyone kept its match with the best-ranked item
+    # IVF: the same bound, and only true pairs (its blob recall is IVF's own approximation, capped or not)
+    ivf_config = SearchConfig(max_neighbours=8, float_flat_max=0, nprobe=4)
+    ivf = cosine_pairs(x, 0.95, config=ivf_config, priority=rank)
+    full = cosine_pairs(x, 0.95, config=SearchConfig(float_flat_max=10**9))
+    assert ivf.capped > 0 and len(ivf) <= 600 * 8 * ivf_config.nprobe < len(full)
+    assert set(zip(ivf.i.tolist(), ivf.j.tolist(), strict=True)) <= set(
+        zip(full.i.tolist(), full.j.tolist(), strict=True)
+    )
 
 
 def test_no_workspace_needed_for_a_copy(tmp_path: Path, dup_template: DupSet) -> None:
