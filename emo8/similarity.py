@@ -14,7 +14,9 @@
   member is *directly* matched to its canonical item (the chaining guard).
 * :func:`semdedup_thin`: SemDeDup-style thinning inside spherical k-means clusters.
 
-No function here builds an ``N x N`` matrix: memory is bounded by the block sizes and by the number of pairs found.
+No function here builds an ``N x N`` matrix: memory is bounded by the block sizes and by the number of pairs found,
+which ``SearchConfig.max_neighbours`` bounds in turn (each query keeps its best-ranked matches; repeated hashes are
+searched once as distinct codes).
 """
 
 from __future__ import annotations
@@ -264,7 +266,7 @@ def _hamming_grouped(
         rows = slice(row_bounds[sl.start], row_bounds[sl.stop])
         cu, cv, cd, ch = u[rows], v[rows], d[rows], heads[rows]
         # candidates: the heads of every code within reach, then the best limit + 1 per code
-        item = order[np.repeat(bounds[cv] - (np.cumsum(ch) - ch), ch) + np.arange(int(ch.sum()))]
+        item = order[_concat_ranges(bounds[cv], ch)]
         cu, cd = np.repeat(cu, ch), np.repeat(cd, ch)
         keep, _ = _capped(cu, item, limit + 1, prio)
         cu, item, cd = cu[keep], item[keep], cd[keep]
@@ -275,10 +277,7 @@ def _hamming_grouped(
         cand_bounds = np.searchsorted(cu, np.arange(sl.start, sl.stop + 1))
         cand_count = np.diff(cand_bounds)[member_code - sl.start]
         x = np.repeat(members, cand_count)
-        pick = np.repeat(
-            cand_bounds[member_code - sl.start] - (np.cumsum(cand_count) - cand_count), cand_count
-        )
-        pick = pick + np.arange(int(cand_count.sum()))
+        pick = _concat_ranges(cand_bounds[member_code - sl.start], cand_count)
         y, dist = item[pick], cd[pick]
         other = x != y
         x, y, dist = x[other], y[other], dist[other]
@@ -379,14 +378,21 @@ def _hamming_mih(
             begin, count, rows = begin[nz], count[nz], rows[nz]
             for sl in _slices_by_total(count, max_candidates):
                 c = count[sl]
-                total = int(c.sum())
                 qi = np.repeat(rows[sl], c)
-                pos = np.repeat(begin[sl] - (np.cumsum(c) - c), c) + np.arange(total)
+                pos = _concat_ranges(begin[sl], c)
                 dist = popcount(q_sorted[qi] ^ db_sorted[pos])
                 ok = dist <= max_distance
                 qo, do = q_order[qi[ok]], db_order[pos[ok]]
                 parts.append(_select(qo, do, dist[ok], self_join, config, priority))
     return Pairs.concat(parts, np.int16).unique()
+
+
+def _concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])`` without the Python loop."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.repeat(np.asarray(starts, np.int64) - (np.cumsum(counts) - counts), counts) + np.arange(
+        int(counts.sum())
+    )
 
 
 def _slices_by_total(count: np.ndarray, limit: int) -> Iterator[slice]:
