@@ -105,13 +105,18 @@ def test_same_seed_same_splits_other_seed_other_splits(
     labelled_ws: Workspace, copy_workspace: Callable[[Workspace, str], Workspace]
 ) -> None:
     twin = copy_workspace(labelled_ws, "twin")
-    other = copy_workspace(labelled_ws, "other")
-    # reassign: splits written by earlier tests on the shared workspace must not decide this comparison
     assign_splits(labelled_ws, SplitConfig(seed=7, reassign=True))
     assign_splits(twin, SplitConfig(seed=7, reassign=True))
-    assign_splits(other, SplitConfig(seed=8, reassign=True))
     assert _splits(labelled_ws) == _splits(twin)
-    assert _splits(labelled_ws) != _splits(other)
+    # The seed orders groups of equal size and breaks ties. The samples form 25 groups, 16 of them singletons, so
+    # two given seeds coincide now and then (2 pairs among 12 seeds, measured); six other seeds all coinciding
+    # with seed 7 would mean the seed is ignored.
+    others = []
+    for seed in range(8, 14):
+        other = copy_workspace(labelled_ws, f"seed-{seed}")
+        assign_splits(other, SplitConfig(seed=seed, reassign=True))
+        others.append(_splits(other))
+    assert any(splits != _splits(labelled_ws) for splits in others)
 
 
 def test_groups_clusters_and_authors_stay_together(labelled_ws: Workspace) -> None:
