@@ -729,13 +729,18 @@ def dedup_cmd(
         bool, typer.Option("--semdedup-apply", help="Also mark SemDeDup removals at the smallest eps.")
     ] = False,
     tiers: Annotated[str, typer.Option(help="Comma-separated tiers to run.")] = "exact,perceptual,semantic",
+    max_neighbours: Annotated[
+        int | None,
+        typer.Option(help="Matches an item keeps per tier, best-ranked first (default 64; 0: all)."),
+    ] = None,
     workers: Workers = max(1, os.cpu_count() or 1),
     device: Annotated[str, typer.Option(help="Encoder device for --against images.")] = "auto",
 ) -> None:
     """Find exact, perceptual and semantic duplicates; mark them (nothing is deleted); write reports."""
-    from emo8.dedup import DedupConfig, dedup
+    from emo8.dedup import MAX_NEIGHBOURS, DedupConfig, dedup
     from emo8.embed import EmbeddingStoreError
     from emo8.encoders import EncoderKeyError, WeightsError
+    from emo8.similarity import SearchConfig
 
     ws = _open(workspace)
     thresholds: dict[str, Any] = {}
@@ -747,6 +752,7 @@ def dedup_cmd(
         **thresholds, embed_min_similarity=embed_min_similarity, model=model, dry_run=dry_run, against=against,
         semdedup_eps=tuple(semdedup_eps or ()), semdedup_apply=semdedup_apply,
         tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()), workers=workers, device=device,
+        search=SearchConfig(max_neighbours=MAX_NEIGHBOURS if max_neighbours is None else max(0, max_neighbours)),
     )  # fmt: skip
     with exit_on(((ValueError, WeightsError, EncoderKeyError), 2), (EmbeddingStoreError, 1)):
         result = dedup(ws, config)

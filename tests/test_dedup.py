@@ -334,6 +334,12 @@ def test_cli_dedup_prints_a_summary_and_refuses_unknown_models(dup_ws: Workspace
     )
     bad = runner.invoke(app, ["dedup", "-w", str(dup_ws.root), "--model", "timm:resnet18"])
     assert bad.exit_code == 2 and "emo8 embed" in bad.output
+    capped = runner.invoke(app, ["dedup", "-w", str(dup_ws.root), "--dry-run", "--max-neighbours", "1"])
+    assert (
+        capped.exit_code == 0
+        and "note: perceptual:" in capped.output
+        and "matched more than 1" in capped.output
+    )
 
 
 # -- search primitives ----------------------------------------------------------------------------------------------
