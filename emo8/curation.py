@@ -36,8 +36,7 @@ DEFAULT_PHASH_MAX_DISTANCE = 10
 #: Embedding cosine similarity used likewise (clip-retrieval's dedup threshold).
 DEFAULT_EMBED_MIN_SIMILARITY = 0.94
 
-#: Above this many items, exact (flat) indexes give way to multi-index hashing / IVF.
-EXACT_HAMMING_LIMIT = 200_000
+#: Above this many items, the exact (flat) cosine search gives way to an IVF partition (the hash search stays exact).
 EXACT_COSINE_LIMIT = 50_000
 
 
@@ -247,28 +246,27 @@ def hash_codes(hex_hashes: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
     return codes, valid
 
 
-def _matches_from_range(lims: np.ndarray, ids: np.ndarray, offset: int) -> np.ndarray:
-    counts = np.diff(lims.astype(np.int64))
-    queries = np.repeat(np.arange(offset, offset + len(counts), dtype=np.int64), counts)
-    return np.stack([queries, ids.astype(np.int64)], axis=1)
+def _as_u64(codes: np.ndarray) -> np.ndarray:
+    """``uint8[n, 8]`` packed hashes as the ``uint64[n]`` codes of :mod:`emo8.similarity` (the same bits, so the
+    same Hamming distances)."""
+    return np.ascontiguousarray(codes, dtype=np.uint8).view(np.uint64).reshape(-1)
 
 
-def _binary_index(codes: np.ndarray, max_distance: int) -> Any:
-    import faiss
-
-    index: Any
-    if len(codes) <= EXACT_HAMMING_LIMIT:
-        index = faiss.IndexBinaryFlat(64)
-    else:
-        index = faiss.IndexBinaryMultiHash(64, 8, 8)
-        index.nflip = max_distance // 8
-    index.add(np.ascontiguousarray(codes, dtype=np.uint8))
-    return index
+def _as_rows(pairs: Any) -> np.ndarray:
+    return np.stack([pairs.i, pairs.j], axis=1).astype(np.int64) if len(pairs) else np.zeros((0, 2), np.int64)
 
 
-def hamming_search(
-    base: np.ndarray, queries: np.ndarray, max_distance: int, chunk: int = 20_000
-) -> np.ndarray:
+def _cosine_config(n: int) -> Any:
+    """Exact (flat) search up to :data:`EXACT_COSINE_LIMIT` rows; above, an IVF partition of ``4 sqrt(n)`` lists
+    of which each query probes 32."""
+    from emo8.similarity import SearchConfig
+
+    return SearchConfig(
+        float_flat_max=EXACT_COSINE_LIMIT, nlist=int(4 * math.sqrt(n)), nprobe=32, kmeans_points_per_list=64
+    )
+
+
+def hamming_search(base: np.ndarray, queries: np.ndarray, max_distance: int) -> np.ndarray:
     """Return every ``(query row, base row)`` of 64-bit codes within Hamming distance ``max_distance``.
 
     Parameters
@@ -277,86 +275,42 @@ def hamming_search(
         ``uint8[n, 8]`` packed hashes (see :func:`hash_codes`).
     max_distance
         Largest Hamming distance that counts as a match (inclusive).
-    chunk
-        Queries per range search, bounding memory.
 
     Returns
     -------
-    ``int64[m, 2]``. Exact: a flat binary index up to :data:`EXACT_HAMMING_LIMIT` base codes; above, a
-    multi-index hash over 8 byte-blocks with ``max_distance // 8`` bit flips per block, which by the pigeonhole
-    principle still finds every match within the radius.
+    ``int64[m, 2]``, exact, found by :func:`emo8.similarity.hamming_pairs` (FAISS binary flat index for small sets,
+    multi-index hashing for large ones).
     """
-    if len(base) == 0 or len(queries) == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    index = _binary_index(base, max_distance)
-    found = [
-        _matches_from_range(*_range(index, queries[start : start + chunk], max_distance + 1), start)
-        for start in range(0, len(queries), chunk)
-    ]
-    return np.concatenate(found)
+    from emo8.similarity import hamming_pairs as search
 
-
-def _range(index: Any, queries: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    lims, _dist, ids = index.range_search(np.ascontiguousarray(queries), radius)
-    return lims, ids
-
-
-def _upper(pairs: np.ndarray) -> np.ndarray:
-    return pairs[pairs[:, 0] < pairs[:, 1]]
+    return _as_rows(search(_as_u64(queries), max_distance, database=_as_u64(base)))
 
 
 def hamming_pairs(codes: np.ndarray, max_distance: int) -> np.ndarray:
     """Return every pair ``(i, j)``, ``i < j``, of ``codes`` within Hamming distance ``max_distance``
     (see :func:`hamming_search`)."""
-    if len(codes) < 2:
-        return np.zeros((0, 2), dtype=np.int64)
-    return _upper(hamming_search(codes, codes, max_distance))
+    from emo8.similarity import hamming_pairs as search
+
+    return _as_rows(search(_as_u64(codes), max_distance))
 
 
-def _float_index(x: np.ndarray) -> Any:
-    import faiss
-
-    n, dim = x.shape
-    index: Any
-    if n <= EXACT_COSINE_LIMIT:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        nlist = int(4 * math.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        index.train(x[rng.choice(n, size=min(n, nlist * 64), replace=False)])
-        index.nprobe = 32
-    index.add(x)
-    return index
-
-
-def cosine_search(
-    base: np.ndarray, queries: np.ndarray, min_similarity: float, chunk: int = 4096
-) -> np.ndarray:
+def cosine_search(base: np.ndarray, queries: np.ndarray, min_similarity: float) -> np.ndarray:
     """Return every ``(query row, base row)`` of L2-normalised vectors with cosine >= ``min_similarity``.
 
-    Exact (flat inner-product index) up to :data:`EXACT_COSINE_LIMIT` base rows; above, an IVF index
-    (``4 sqrt(n)`` lists, 32 probed), which is approximate.
+    Found by :func:`emo8.similarity.cosine_pairs`: exact up to :data:`EXACT_COSINE_LIMIT` base rows; above, an IVF
+    partition (``4 sqrt(n)`` lists, 32 probed), which is approximate.
     """
-    if len(base) == 0 or len(queries) == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    index = _float_index(np.ascontiguousarray(base, dtype=np.float32))
-    # FAISS returns similarities strictly above the radius; nudge it so ">=" holds at float precision.
-    radius = float(np.nextafter(np.float32(min_similarity), np.float32(-np.inf)))
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    found = [
-        _matches_from_range(*_range(index, q[start : start + chunk], radius), start)
-        for start in range(0, len(q), chunk)
-    ]
-    return np.concatenate(found)
+    from emo8.similarity import cosine_pairs as search
+
+    return _as_rows(search(base, min_similarity, queries=queries, config=_cosine_config(len(base))))
 
 
 def cosine_pairs(vectors: np.ndarray, min_similarity: float) -> np.ndarray:
     """Return every pair ``(i, j)``, ``i < j``, of L2-normalised rows with cosine >= ``min_similarity``
     (see :func:`cosine_search`)."""
-    if len(vectors) < 2:
-        return np.zeros((0, 2), dtype=np.int64)
-    return _upper(cosine_search(vectors, vectors, min_similarity))
+    from emo8.similarity import cosine_pairs as search
+
+    return _as_rows(search(vectors, min_similarity, config=_cosine_config(len(vectors))))
 
 
 def dedup_thresholds(ws: Workspace, model: str | None = None) -> tuple[int, float]:
@@ -408,41 +362,3 @@ def workspace_embeddings(ws: Workspace, model: str | None = None) -> tuple[str, 
     x = np.asarray(matrix, dtype=np.float32)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return str(key), [str(i) for i in ids], x
-
-
-def components(n: int, pairs: Sequence[np.ndarray], keys: Sequence[Sequence[Any]] = ()) -> np.ndarray:
-    """Connected components of ``n`` items linked by index ``pairs`` and by shared non-null ``keys``.
-
-    Parameters
-    ----------
-    n
-        Number of items.
-    pairs
-        Arrays ``int[m, 2]`` of linked item indices.
-    keys
-        Sequences of length ``n``; two items with the same non-null key in one sequence are linked (each
-        distinct key becomes a node of the graph, so a key shared by k items costs k edges, not k^2).
-
-    Returns
-    -------
-    ``int64[n]`` component label of each item (labels are arbitrary but equal within a component).
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    rows: list[np.ndarray] = [p[:, 0] for p in pairs if len(p)]
-    cols: list[np.ndarray] = [p[:, 1] for p in pairs if len(p)]
-    next_node = n
-    for key_values in keys:
-        codes, uniques = pd.factorize(pd.Series(list(key_values), dtype=object), use_na_sentinel=True)
-        members = np.flatnonzero(codes >= 0)
-        rows.append(members.astype(np.int64))
-        cols.append(codes[members].astype(np.int64) + next_node)
-        next_node += len(uniques)
-    if not rows:
-        return np.arange(n, dtype=np.int64)
-    r = np.concatenate(rows)
-    c = np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(next_node, next_node))
-    _count, labels = connected_components(graph, directed=False)
-    return np.asarray(labels[:n], dtype=np.int64)

@@ -8,7 +8,7 @@ Tiers (a registry, :data:`TIERS`; each finds matched pairs among the workspace's
 3. ``semantic``: embedding cosine >= ``S`` (:func:`emo8.similarity.cosine_pairs`: FAISS flat or IVF);
 4. ``semdedup`` (optional): SemDeDup-style thinning of what remains, removal rate per eps reported.
 
-Pairs become clusters by union-find with the chaining guard of :func:`emo8.similarity.guarded_clusters`: every
+Pairs become clusters (connected components) with the chaining guard of :func:`emo8.similarity.guarded_clusters`: every
 member matches its canonical item directly. The canonical item of a cluster is chosen by :func:`canonical_order`:
 a canonical from an earlier run stays canonical (so re-runs extend clusters and references to canonicals stay
 valid); otherwise the largest pixel count, then the preferred licence, then the earliest ingested (catalog

@@ -10,7 +10,7 @@
   each vector stored in its nearest list and probed from its ``nprobe`` nearest lists) with a FAISS flat range
   search inside each list, under a memory budget. Approximate: a pair is missed only when neither vector probes
   the other's list.
-* :class:`UnionFind` and :func:`guarded_clusters`: pairs -> connected components -> clusters in which every
+* :func:`components` and :func:`guarded_clusters`: pairs -> connected components -> clusters in which every
   member is *directly* matched to its canonical item (the chaining guard).
 * :func:`semdedup_thin`: SemDeDup-style thinning inside spherical k-means clusters.
 
@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
 import numpy as np
+import pandas as pd
 
 #: Tier priorities: when two items match in several tiers, the lowest number wins.
 TIER_PRIORITY = {"exact": 0, "perceptual": 1, "semantic": 2, "semdedup": 3}
@@ -596,37 +597,42 @@ def _cosine_ivf(
 # -- clustering ---------------------------------------------------------------------------------------------
 
 
-class UnionFind:
-    """Disjoint sets over ``0..n-1`` (union by size, path halving)."""
+def components(n: int, pairs: Sequence[np.ndarray], keys: Sequence[Sequence[Any]] = ()) -> np.ndarray:
+    """Connected components of ``n`` items linked by index ``pairs`` and by shared non-null ``keys``.
 
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n, dtype=np.int64)
-        self.size = np.ones(n, dtype=np.int64)
+    Parameters
+    ----------
+    n
+        Number of items.
+    pairs
+        Arrays ``int[m, 2]`` of linked item indices.
+    keys
+        Sequences of length ``n``; two items with the same non-null key in one sequence are linked (each
+        distinct key becomes a node of the graph, so a key shared by k items costs k edges, not k^2).
 
-    def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = int(parent[x])
-        return x
+    Returns
+    -------
+    ``int64[n]`` component label of each item (labels are arbitrary but equal within a component).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def union(self, a: int, b: int) -> bool:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return False
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
-        return True
-
-    def union_pairs(self, i: np.ndarray, j: np.ndarray) -> None:
-        for a, b in zip(i.tolist(), j.tolist(), strict=True):
-            self.union(a, b)
-
-    def labels(self) -> np.ndarray:
-        """Return the root of every element."""
-        return np.array([self.find(x) for x in range(len(self.parent))], dtype=np.int64)
+    rows: list[np.ndarray] = [p[:, 0] for p in pairs if len(p)]
+    cols: list[np.ndarray] = [p[:, 1] for p in pairs if len(p)]
+    next_node = n
+    for key_values in keys:
+        codes, uniques = pd.factorize(pd.Series(list(key_values), dtype=object), use_na_sentinel=True)
+        members = np.flatnonzero(codes >= 0)
+        rows.append(members.astype(np.int64))
+        cols.append(codes[members].astype(np.int64) + next_node)
+        next_node += len(uniques)
+    if not rows:
+        return np.arange(n, dtype=np.int64)
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(next_node, next_node))
+    _count, labels = connected_components(graph, directed=False)
+    return np.asarray(labels[:n], dtype=np.int64)
 
 
 @dataclass
@@ -688,7 +694,7 @@ class Clusters:
 def guarded_clusters(n: int, edges: Edges, order: np.ndarray) -> Clusters:
     """Turn matches into clusters in which every member matches its canonical item directly.
 
-    1. Union-find gives the connected components (what plain transitive closure would merge).
+    1. :func:`components` gives the connected components (what plain transitive closure would merge).
     2. The guard: nodes are visited in ``order`` (best canonical candidate first, e.g. largest image); a node
        becomes a canonical unless one of its direct matches already is one, in which case it is a member.
     3. Each member joins the canonical it matches best (strongest tier, then highest score, then the canonical
@@ -698,9 +704,7 @@ def guarded_clusters(n: int, edges: Edges, order: np.ndarray) -> Clusters:
     canonical through ``b``: the cluster's diameter is two direct matches (member - canonical - member).
     Runs in ``O(n + edges)``.
     """
-    uf = UnionFind(n)
-    uf.union_pairs(edges.i, edges.j)
-    component = uf.labels()
+    component = components(n, [np.stack([edges.i, edges.j], axis=1)])
     canonical = np.arange(n, dtype=np.int64)
     tier = np.full(n, -1, dtype=np.int8)
     score = np.full(n, np.nan, dtype=np.float32)

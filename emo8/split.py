@@ -38,7 +38,6 @@ from emo8.curation import (
     EXACT_COSINE_LIMIT,
     best_label,
     cluster_ids,
-    components,
     cosine_pairs,
     dedup_thresholds,
     frame,
@@ -47,6 +46,7 @@ from emo8.curation import (
     present,
     workspace_embeddings,
 )
+from emo8.similarity import components
 from emo8.workspace import Workspace
 
 #: Split names, in the order of :attr:`SplitConfig.ratios` (Hugging Face's names; ImageFolder exports use
