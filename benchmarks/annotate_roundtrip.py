@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import cpu_model  # noqa: E402
 
 from emo8 import Workspace  # noqa: E402
 from emo8.annotate.client import Client, ClientConfig  # noqa: E402
@@ -41,17 +41,6 @@ from emo8.annotate.server import ServerConfig, create_annotator, start_server, s
 from emo8.annotate.store import AnnotationStore  # noqa: E402
 from emo8.catalog import ItemOutcome, OriginRecord  # noqa: E402
 from emo8.taxonomy import EMOTIONS  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_workspace(root: Path, n: int) -> tuple[Workspace, list[str]]:

@@ -38,6 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from machine import cpu_model  # noqa: E402
+
 from emo8.dedup import EMBED_MIN_SIMILARITY, MAX_NEIGHBOURS, PHASH_MAX_DISTANCE  # noqa: E402
 from emo8.similarity import TIER_PRIORITY, Edges, SearchConfig, cosine_pairs, guarded_clusters, hamming_pairs  # noqa: E402
 
@@ -195,11 +197,7 @@ def main() -> None:
         result["process_wall_seconds"] = round(time.perf_counter() - t0, 1)
         results.append(result)
         print(json.dumps(result, indent=1), flush=True)
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), ""
-    )
-    report = {"cpu": model, "cores": os.cpu_count(), "command": " ".join(sys.argv), "results": results}
+    report = {"cpu": cpu_model(), "cores": os.cpu_count(), "command": " ".join(sys.argv), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     for r in results:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from machine import cpu_model
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,8 +183,7 @@ def main() -> None:
         server.terminate()
         server.wait()
 
-    cpu_info = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpu_info if ln.startswith("model name")), "?")
+    cpu = cpu_model()
     print(f"\n{args.count} JPEGs from a loopback server; CPU: {cpu}, {os.cpu_count()} cores")
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(

@@ -28,7 +28,6 @@ import csv
 import json
 import os
 import pickle
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,6 +43,8 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from machine import cpu_model  # noqa: E402
 
 from emo8 import dedup as dedup_mod  # noqa: E402
 from emo8.embed import encode_sources  # noqa: E402
@@ -271,10 +272,11 @@ def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def _pixel_pairs(pixel: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    groups: dict[str, list[int]] = {}
-    for k, h in enumerate(pixel):
-        groups.setdefault(h, []).append(k)
+def _pairs_within(keys: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``(a, b)``, ``a < b``, of files with equal keys (identical pixel hashes, one cluster)."""
+    groups: dict[Any, list[int]] = {}
+    for k, key in enumerate(keys):
+        groups.setdefault(key, []).append(k)
     i, j = [], []
     for members in groups.values():
         for a in range(len(members)):
@@ -359,7 +361,7 @@ def combined(
     """Edges of the three tiers at the given thresholds (as emo8.dedup builds them)."""
     c = sw["emo8_hash"]
     ok = select(c, d, dd)
-    pi, pj = _pixel_pairs(emo8["pixel_hash"])
+    pi, pj = _pairs_within(emo8["pixel_hash"])
     ce = sw["emo8_cosine"]
     okc = ce.value >= s
     return {
@@ -393,7 +395,7 @@ def evaluate_at(truth: Truth, emo8: dict[str, Any], sw: dict[str, Any], d: int, 
     ])  # fmt: skip
     order = np.arange(n)  # originals are not privileged: catalog order
     cl = guarded_clusters(n, edges, order)
-    ci, cj = _cluster_pairs(cl.canonical)
+    ci, cj = _pairs_within(cl.canonical.tolist())
     res["emo8_clusters"] = truth.evaluate(ci, cj)
     # imagededup at the same thresholds
     for key, pairs, thr in (("imagededup_phash", sw["imagededup_phash"], d), ("imagededup_dhash",
@@ -409,19 +411,6 @@ def evaluate_at(truth: Truth, emo8: dict[str, Any], sw: dict[str, Any], d: int, 
         np.r_[ph.i[okp], ci_.i[ok]], np.r_[ph.j[okp], ci_.j[ok]]
     )
     return res
-
-
-def _cluster_pairs(canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    groups: dict[int, list[int]] = {}
-    for k, c in enumerate(canonical.tolist()):
-        groups.setdefault(c, []).append(k)
-    i, j = [], []
-    for members in groups.values():
-        for a in range(len(members)):
-            for b in range(a + 1, len(members)):
-                i.append(members[a])
-                j.append(members[b])
-    return np.array(i, np.int64), np.array(j, np.int64)
 
 
 #: Selection margins over the issue's targets (hash precision >= 0.99; combined recall >= 0.90 at precision >= 0.98).
@@ -468,16 +457,6 @@ def recommend(truth: Truth, emo8: dict[str, Any], sw: dict[str, Any], names: lis
         "hash_precision": row["precision"], "hash_recall": row["recall"], "embed_min_similarity": s,
         "combined_recall": recall, "combined_precision": precision,
     }  # fmt: skip
-
-
-def _cpu() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _table(title: str, res: dict[str, Any], keys: list[str]) -> None:
@@ -570,7 +549,7 @@ def main() -> None:
         "imagededup's figure is pHash alone",
     }
     report = {
-        "cpu": _cpu(), "cores": os.cpu_count(), "command": " ".join(sys.argv),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "command": " ".join(sys.argv),
         "images": n, "bases": len(set(raw["families"])), "transforms": list(TRANSFORMS),
         "at_chosen_thresholds": chosen, "recommended": rec, "performance": perf,
         "sweeps": {k: sw[k] for k in ("emo8_perceptual_sweep", "imagededup_hash_sweep", "semantic_sweep")},

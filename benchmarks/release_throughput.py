@@ -20,13 +20,13 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 from emo8 import Workspace
 from emo8.catalog import ItemOutcome, OriginRecord
@@ -36,16 +36,6 @@ from emo8.taxonomy import EMOTIONS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples"
 DOMAINS = ("cartoon", "natural", "realistic", "scifi", "advertising")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def synthesise(root: Path, items: int, seed: int = 0) -> Workspace:

@@ -27,7 +27,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import sqlite3
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_model
 
 from emo8 import Workspace
 from emo8.embed import EmbedConfig, embed
@@ -62,16 +62,6 @@ WORK = ROOT / "benchmarks" / "out" / "suggest"
 MODEL = "efficientnet-lite0"
 CURVE_POINTS = (2, 5, 10, 20)
 STRATEGIES = ("random", "uncertainty", "balanced", "diverse")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_workspace() -> tuple[Workspace, dict[str, str]]:
