@@ -19,7 +19,8 @@ clusters) one of :data:`SPLITS` and stores it in the catalog column ``split``:
    (pHash, and cosine when embeddings exist) and the result says how many there are (zero, by construction, unless
    a grouping rule was switched off).
 
-Deterministic: the same catalog, ratios and seed give the same splits.
+Deterministic: the same catalog, ratios and seed give the same splits, whatever paths or URLs the images came from
+(groups are ordered by content, not by item id).
 """
 
 from __future__ import annotations
@@ -450,6 +451,10 @@ def assign_splits(
     for row, group in enumerate(labels):
         members[int(group)].append(row)
     group_key = {g: min(item_ids[r] for r in rows) for g, rows in members.items()}
+    # the seed orders groups by their content (the smallest sha256), not by item ids, which derive from where an
+    # image was found: the same images and seed give the same splits wherever they were ingested from
+    content = [c if isinstance(c, str) and c else i for c, i in zip(items["sha256"], item_ids, strict=True)]
+    order_key = {g: min(content[r] for r in rows) for g, rows in members.items()}
 
     ratios = np.asarray(config.ratios, dtype=np.float64)
     counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(SPLITS)))
@@ -488,7 +493,7 @@ def assign_splits(
     def weight(group: int) -> int:
         return sum(1 for r in members[group] if released[r])
 
-    new_groups.sort(key=lambda g: (-weight(g), _hash_order(config.seed, group_key[g])))
+    new_groups.sort(key=lambda g: (-weight(g), _hash_order(config.seed, order_key[g])))
     for group in new_groups:
         rows = members[group]
         strata_here = Counter(strata[r] for r in rows if released[r])
@@ -500,7 +505,7 @@ def assign_splits(
         score: np.ndarray = np.where(ratios > 0, deficit, -np.inf)
         best = float(np.max(score))
         ties = [i for i in range(len(SPLITS)) if score[i] >= best - 1e-9]
-        choice = min(ties, key=lambda i: _hash_order(config.seed, f"{group_key[group]}:{i}"))
+        choice = min(ties, key=lambda i: _hash_order(config.seed, f"{order_key[group]}:{i}"))
         place(rows, choice)
     new_count = sum(1 for e in existing if e is None)
 
