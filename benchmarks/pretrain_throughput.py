@@ -3,6 +3,14 @@
     python benchmarks/pretrain_throughput.py                       # tiny + small on CPU
     python benchmarks/pretrain_throughput.py --device cuda         # base + large, bf16, on a GPU
     python benchmarks/pretrain_throughput.py --sizes tiny --batch 16 --steps 5 --json out.json
+    python benchmarks/pretrain_throughput.py --mode loop --steps 40      # the real training loop (train.py)
+    python benchmarks/pretrain_throughput.py --mode data --images DIR    # the data pipeline alone, draft on/off
+    python benchmarks/pretrain_throughput.py --device cuda --compare-teacher-bf16
+
+``--mode model`` (the default) times the phases below with the training code's pieces; ``--mode loop`` runs
+``uniemox.train.pretrain`` itself (a tiny 32 px student and a tiny random CLIP on CPU; ``--sizes`` at 224 px with
+ViT-B/16 on a GPU) and reports images/s from its log rows, first row excluded; ``--mode data`` measures samples/s
+of the two-stream pipeline (decode, crops, uint8) with JPEG draft decoding on and off.
 
 Each step is timed in phases: data (waiting for the loader), teacher (CLIP ViT-B/16 image forward), student
 forward, student backward, optimiser. On CUDA every phase ends with a synchronize (this costs a little
@@ -12,12 +20,15 @@ plus 1x the teacher's forward (prompt embeddings are cached, so no text tower pe
 989 TFLOP/s dense bf16 on an H100 SXM; on CPU the peak is estimated from lscpu (cores x clock x 32 fp32
 FLOP/cycle for two 256-bit FMA pipes) and is only indicative. Teacher weights are random (speed does not
 depend on them). Data: the bundled sample images through the real two-stream pipeline, or --synthetic.
+The teacher runs in fp32 (TF32 matmuls on GPUs) as in training; ``--compare-teacher-bf16`` reports how far
+bf16 moves its similarity profiles (the L_con and L_sim between fp32 and bf16 Omegas; 0 = identical).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -30,11 +41,19 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from uniemox.data import AugmentConfig, GlobalBatchSampler, PretrainDataset, build_prompts, open_source
-from uniemox.losses import pretraining_losses
+from uniemox.data import (
+    AugmentConfig,
+    GlobalBatchSampler,
+    PretrainDataset,
+    build_prompts,
+    open_source,
+    to_unit,
+)
+from uniemox.losses import con_loss, pretraining_losses, sim_loss
 from uniemox.models import ClipTeacher, MAEConfig, UniEmoX, load_open_clip, mae_config, prompt_embeddings
-from uniemox.testing import make_hf_dataset
-from uniemox.train import param_groups
+from uniemox.models.teacher import PRECISIONS
+from uniemox.testing import make_hf_dataset, make_imagefolder, tiny_config, tiny_teacher
+from uniemox.train import param_groups, pretrain
 
 H100_BF16_PEAK = 989e12
 TEACHER = {"width": 768, "depth": 12, "patch": 16, "img": 224, "embed": 512}  # CLIP ViT-B/16
@@ -101,6 +120,8 @@ class Result:
     gflop_per_image: float
     achieved_tflops: float
     mfu: float
+    teacher_bf16_l_con: float | None = None  # mean L_con(bf16 Omega, fp32 Omega) over the timed batches
+    teacher_bf16_l_sim: float | None = None
 
 
 def run(size: str, args: argparse.Namespace, data_dir: Path, peak: float) -> Result:
@@ -108,15 +129,24 @@ def run(size: str, args: argparse.Namespace, data_dir: Path, peak: float) -> Res
     on_cuda = device.type == "cuda"
     cfg = mae_config(f"mae_vit_{size}_patch16", decoder_depth=args.decoder_depth)
     model_t, tok = load_open_clip("ViT-B-16", "random", device)
-    dtype = torch.bfloat16 if on_cuda else torch.float32
+    dtype = PRECISIONS[args.teacher_precision]
     teacher = ClipTeacher(model_t.to(device=device, dtype=dtype), tok, dtype).to(device)
+    other = None
+    if args.compare_teacher_bf16:  # the same weights in bf16 (or fp32 when the teacher runs in bf16)
+        odtype = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+        other = ClipTeacher(load_open_clip("ViT-B-16", "random", device)[0], tok).to(device)
+        other.model.load_state_dict(teacher.model.state_dict())
+        other.model.to(odtype)
+        other.dtype = odtype
+    profile_gaps: list[tuple[float, float]] = []
+    compared: list[tuple[torch.Tensor, torch.Tensor]] = []
     student = UniEmoX(cfg, teacher.embed_dim).to(device)
     if args.compile:
         student = torch.compile(student)  # type: ignore[assignment]
     opt = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=on_cuda)
     source = open_source(str(data_dir))
     meta = source.metadata()
-    prompts, ids = build_prompts(meta)
+    prompts, ids = build_prompts(meta, source.scales, teacher.prompt_fits)
     lam_all = prompt_embeddings(teacher, prompts, "bench")
     ds = PretrainDataset(source, meta, ids, AugmentConfig(cfg.img_size), cfg.num_patches, seed=0)
     total = args.warmup + args.steps
@@ -141,12 +171,14 @@ def run(size: str, args: argparse.Namespace, data_dir: Path, peak: float) -> Res
         if args.synthetic and synthetic is not None:
             batch = synthetic
         else:
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            batch = {k: to_unit(v, device) for k, v in next(batches).items()}  # uint8 -> float on the device
             synthetic = batch
         sync()
         t1 = time.perf_counter()
         omega = teacher.encode_images(batch["scene"])
         lam = lam_all[batch["prompt_id"]]
+        if other is not None and step >= args.warmup and len(compared) < 4:
+            compared.append((batch["scene"], omega))  # compared after the timed steps
         sync()
         t2 = time.perf_counter()
         with autocast:
@@ -164,6 +196,11 @@ def run(size: str, args: argparse.Namespace, data_dir: Path, peak: float) -> Res
         for k, (a, b) in zip(times, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)), strict=True):
             times[k] += b - a
     elapsed = time.perf_counter() - start
+    for scene, omega in compared:
+        assert other is not None
+        o2 = other.encode_images(scene)
+        t = teacher.logit_scale
+        profile_gaps.append((float(con_loss(o2, omega, lam_all, t)), float(sim_loss(o2, omega))))
     images = args.steps * args.batch
     flops = 3 * student_forward_flops(cfg, 0.75) + teacher_forward_flops()
     achieved = flops * images / elapsed
@@ -179,11 +216,61 @@ def run(size: str, args: argparse.Namespace, data_dir: Path, peak: float) -> Res
         teacher_ms=ms["teacher"], forward_ms=ms["forward"], backward_ms=ms["backward"],
         optimizer_ms=ms["optimizer"], peak_mem_gb=mem, gflop_per_image=flops / 1e9,
         achieved_tflops=achieved / 1e12, mfu=achieved / peak,
+        teacher_bf16_l_con=sum(g[0] for g in profile_gaps) / len(profile_gaps) if profile_gaps else None,
+        teacher_bf16_l_sim=sum(g[1] for g in profile_gaps) / len(profile_gaps) if profile_gaps else None,
     )  # fmt: skip
+
+
+def bench_dataset(root: Path, min_images: int) -> Path:
+    """The bundled sample images as an Emo8-style dataset, repeated until it holds ``min_images`` rows (a GPU
+    batch is larger than the 64 samples)."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(make_hf_dataset(root / "samples", n=64)))["train"]
+    reps = max(1, math.ceil(min_images / len(ds)))
+    datasets.DatasetDict({"train": datasets.concatenate_datasets([ds] * reps)}).save_to_disk(str(root / "ds"))
+    return root / "ds"
+
+
+def run_loop(size: str, args: argparse.Namespace, data_dir: Path, work: Path) -> dict[str, float | str]:
+    """The real loop (``uniemox.train.pretrain``): images/s over its log rows after the first."""
+    teacher = tiny_teacher(work)
+    cfg = tiny_config(
+        data_dir, work / f"loop-{size}", teacher, max_steps=args.warmup + args.steps, ckpt_every=0
+    )
+    cfg.optim.batch_size, cfg.data.num_workers, cfg.log_every = args.batch, args.workers, args.log_every
+    cfg.device, cfg.compile = args.device, args.compile
+    if args.device == "cuda":  # the real sizes at 224 px with the ViT-B/16 teacher (random weights)
+        cfg.model = type(cfg.model)(name=f"mae_vit_{size}_patch16", decoder_depth=args.decoder_depth)
+        cfg.teacher.arch, cfg.teacher.precision = "ViT-B-16", args.teacher_precision
+    rows = [r for r in pretrain(cfg).history if r["step"] > args.warmup]
+    steps = [b["step"] - a["step"] for a, b in zip([{"step": args.warmup}, *rows[:-1]], rows, strict=True)]
+    seconds = sum(r["step_s"] * n for r, n in zip(rows, steps, strict=True))
+    images = args.batch * sum(steps)
+    return {"model": cfg.model.name if args.device == "cuda" else "tiny-32px", "images_per_s": images / seconds,
+            "step_ms": 1000 * seconds / sum(steps), "log_every": args.log_every}  # fmt: skip
+
+
+def run_data(args: argparse.Namespace, image_dir: Path) -> list[dict[str, float | str]]:
+    """Samples/s of the two-stream pipeline at 224 px on the images of ``image_dir``, draft on and off."""
+    source = open_source(str(image_dir))
+    meta = source.metadata()
+    out: list[dict[str, float | str]] = []
+    n = min(len(meta), args.batch * args.steps)
+    for draft in (False, True):
+        ds = PretrainDataset(source, meta, [0] * len(meta), AugmentConfig(224, draft=draft), 196, seed=0)
+        ds[(0, 0)]  # warm-up
+        start = time.perf_counter()
+        for i in range(n):
+            ds[(1, i)]
+        elapsed = time.perf_counter() - start
+        out.append({"draft": str(draft), "samples_per_s": n / elapsed, "ms_per_sample": 1000 * elapsed / n})
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", default="model", choices=["model", "loop", "data"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sizes", nargs="+", default=None, help="default: tiny small (cpu), base large (cuda)")
     p.add_argument("--batch", type=int, default=None, help="default: 8 (cpu), 128 (cuda)")
@@ -193,9 +280,23 @@ def main() -> None:
     p.add_argument("--decoder-depth", type=int, default=8)
     p.add_argument("--synthetic", action="store_true", help="reuse the first batch: model throughput only")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--teacher-precision", default="fp32", choices=list(PRECISIONS))
+    p.add_argument(
+        "--compare-teacher-bf16", action="store_true", help="profile gap of a bf16 teacher (model mode)"
+    )
+    p.add_argument("--log-every", type=int, default=20, help="loop mode: steps per log row")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 in CPU loop mode)")
+    p.add_argument(
+        "--images", type=Path, default=None, help="data mode: a folder of images (default: samples)"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     gpu = args.device == "cuda"
+    threads = args.threads or (1 if args.mode == "loop" and not gpu else None)
+    if (
+        threads
+    ):  # the tiny loop model gains nothing from intra-op threads that fight the data worker for cores
+        torch.set_num_threads(threads)
     args.sizes = args.sizes or (["base", "large"] if gpu else ["tiny", "small"])
     args.batch = args.batch or (128 if gpu else 8)
     args.steps = args.steps or (20 if gpu else 4)
@@ -208,8 +309,28 @@ def main() -> None:
     else:
         name, peak = cpu_model()
     print(f"device: {name} ({args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    if args.mode == "loop":
+        with tempfile.TemporaryDirectory() as tmp:
+            data_dir = bench_dataset(Path(tmp), 2 * args.batch)
+            rows = [
+                run_loop(size, args, data_dir, Path(tmp)) for size in args.sizes[: 1 if not gpu else None]
+            ]
+        for row in rows:
+            print(" | ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if args.json:
+            args.json.write_text(json.dumps({"device": name, "mode": "loop", "results": rows}))
+        return
+    if args.mode == "data":
+        with tempfile.TemporaryDirectory() as tmp:
+            image_dir = args.images or make_imagefolder(Path(tmp) / "folder", n=64)
+            rows = run_data(args, image_dir)
+        for row in rows:
+            print(" | ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if args.json:
+            args.json.write_text(json.dumps({"device": name, "mode": "data", "results": rows}))
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = make_hf_dataset(Path(tmp) / "ds", n=64)
+        data_dir = bench_dataset(Path(tmp), 2 * args.batch)
         results = [run(size, args, data_dir, peak) for size in args.sizes]
     header = ("model", "img/s", "step ms", "data", "teacher", "fwd", "bwd", "optim", "peak GB", "GF/img", "TF/s",
               "MFU")  # fmt: skip
@@ -220,6 +341,10 @@ def main() -> None:
             f"{r.forward_ms:.0f} | {r.backward_ms:.0f} | {r.optimizer_ms:.0f} | {r.peak_mem_gb:.2f} | "
             f"{r.gflop_per_image:.1f} | {r.achieved_tflops:.3f} | {100 * r.mfu:.1f}%"
         )
+        if r.teacher_bf16_l_con is not None:
+            print(
+                f"  teacher bf16 vs fp32: L_con {r.teacher_bf16_l_con:.2e}, L_sim {r.teacher_bf16_l_sim:.2e}"
+            )
     if args.json:
         args.json.write_text(
             json.dumps({"device": name, "peak_flops": peak, "results": [asdict(r) for r in results]})

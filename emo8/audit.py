@@ -30,8 +30,6 @@ label sections into an annotation-round selection (``Catalog.save_selection``) f
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 import time
@@ -51,6 +49,17 @@ from emo8.curation import (
     frame,
     present,
     workspace_embeddings,
+)
+from emo8.progress import stage_bar, stage_steps
+from emo8.reporting import (
+    ITEM_TABLE_CSS,
+    REPORT_CSS,
+    figure,
+    item_lookup,
+    item_table,
+    name_html,
+    png,
+    thumbnail,
 )
 from emo8.taxonomy import EMOTIONS, normalise_label
 from emo8.workspace import Workspace
@@ -111,6 +120,8 @@ class AuditConfig:
         Processes that decode images for the sharpness signal (1 = in this process).
     queue
         Save the flagged items as the selection of this annotation round.
+    progress
+        Show progress bars (sections, the sharpness pass over the images).
     """
 
     out: Path | None = None
@@ -133,6 +144,7 @@ class AuditConfig:
     thumb_side: int = 128
     workers: int = 1
     queue: str | None = None
+    progress: bool = True
 
 
 @dataclass
@@ -473,7 +485,7 @@ def _low_agreement(ctx: _Context) -> Section:
         summary=f"{len(low)} of {len(annotated)} annotated items have agreement below "
         f"{ctx.config.min_agreement} or are unsettled"
         + (f" ({', '.join(f'{k} {v}' for k, v in reasons.most_common())})" if reasons else "")
-        + f". Mean agreement {float(agreement.mean()):.3f}.",
+        + (f". Mean agreement {float(agreement.mean()):.3f}." if agreement.notna().any() else "."),
         tables=[
             Table(
                 "Items",
@@ -488,7 +500,15 @@ def _low_agreement(ctx: _Context) -> Section:
             "mean_agreement": round(float(agreement.mean()), 4) if agreement.notna().any() else None,
         },
     )
-    sec.gallery = _thumbs(ctx, low, lambda r: f"{r.label} (agreement {r.agreement:.2f}, {r.num_votes} votes)")
+    sec.gallery = _thumbs(
+        ctx,
+        low,
+        lambda r: (
+            f"{r.label if present(r.label) else 'no label'} (agreement "
+            f"{f'{r.agreement:.2f}' if present(r.agreement) else 'n/a'}, "
+            f"{int(r.num_votes) if present(r.num_votes) else 0} votes)"
+        ),
+    )
     return sec
 
 
@@ -570,20 +590,32 @@ def _annotators(ctx: _Context) -> Section:
         "annotators",
         title,
         summary=f"{len(table)} annotators, {len(votes)} votes. Median leave-one-out agreement "
-        f"{median:.2f} (annotators with >= {ctx.config.min_group} judged votes). Out of line: "
+        + (f"{median:.2f}" if not math.isnan(median) else "n/a")
+        + f" (annotators with >= {ctx.config.min_group} judged votes). Out of line: "
         + (", ".join(out_of_line["annotator"]) or "none")
         + ". Items whose final label agrees with an out-of-line annotator are queued for another look.",
         tables=[Table("Annotators", table.round(3))],
         flagged=list(dict.fromkeys(pivotal)),
         data={
             "annotators": json.loads(table.to_json(orient="records")),
-            "median_agreement": median,
+            "median_agreement": None if math.isnan(median) else median,
             "out_of_line": list(out_of_line["annotator"]),
         },
     )
     if len(table):
         sec.plots.append(
-            ("Leave-one-out agreement per annotator", _bar(table, "annotator", "agreement", median))
+            (
+                "Leave-one-out agreement per annotator",
+                _bar(
+                    table,
+                    "annotator",
+                    "agreement",
+                    "Leave-one-out agreement per annotator",
+                    "annotator",
+                    "agreement with the others",
+                    median,
+                ),
+            )
         )
     return sec
 
@@ -596,13 +628,14 @@ def _distributions(ctx: _Context) -> Section:
     label_order = [e for e in EMOTIONS if e in set(labelled["given_label"])]
     counts = labelled["given_label"].value_counts().reindex(list(EMOTIONS), fill_value=0)
     present_counts = counts[counts > 0]
-    imbalance = float(present_counts.max() / present_counts.min()) if len(present_counts) else float("nan")
+    imbalance = float(present_counts.max() / present_counts.min()) if len(present_counts) else None
     probs = present_counts / present_counts.sum() if len(present_counts) else present_counts
     entropy = float(-(probs * np.log(probs)).sum() / math.log(len(EMOTIONS))) if len(present_counts) else 0.0
     missing = [e for e in EMOTIONS if counts[e] == 0]
     sec.summary = (
-        f"{len(items)} valid items, {len(labelled)} labelled. Class imbalance: largest/smallest class "
-        f"{imbalance:.1f}x, normalised label entropy {entropy:.2f} (1 = perfectly balanced over 8 classes)"
+        f"{len(items)} valid items, {len(labelled)} labelled. Class imbalance: "
+        + (f"largest/smallest class {imbalance:.1f}x" if imbalance is not None else "n/a (no labelled items)")
+        + f", normalised label entropy {entropy:.2f} (1 = perfectly balanced over 8 classes)"
         + (f"; classes with no item: {', '.join(missing)}" if missing else "")
         + "."
     )
@@ -613,7 +646,12 @@ def _distributions(ctx: _Context) -> Section:
         "missing_classes": missing,
     }
     if len(labelled):
-        sec.plots.append(("Items per class", _bar(counts.reset_index(), "given_label", "count")))
+        sec.plots.append(
+            (
+                "Items per class",
+                _bar(counts.reset_index(), "given_label", "count", "Items per class", "label", "items"),
+            )
+        )
         by_domain = pd.crosstab(labelled["given_label"], labelled["domain"].fillna("(none)")).reindex(
             label_order
         )
@@ -624,11 +662,29 @@ def _distributions(ctx: _Context) -> Section:
             Table("Label x domain", by_domain.rename_axis(index="label", columns=None).reset_index()),
             Table("Label x source", by_source.rename_axis(index="label", columns=None).reset_index()),
         ]
-        sec.plots.append(("Label x domain", _heatmap(by_domain)))
+        sec.plots.append(
+            ("Label x domain", _heatmap(by_domain, "Items per label and domain", "domain", "label"))
+        )
         sec.data["label_x_domain"] = json.loads(by_domain.to_json())
         sec.data["label_x_source"] = json.loads(by_source.to_json())
-        sec.plots.append(("Brightness by label", _box(labelled, "brightness", label_order)))
-        sec.plots.append(("Colourfulness by label", _box(labelled, "colorfulness", label_order)))
+        sec.plots.append(
+            (
+                "Brightness by label",
+                _box(labelled, "brightness", label_order, "Brightness by label", "mean luma (0-1)"),
+            )
+        )
+        sec.plots.append(
+            (
+                "Colourfulness by label",
+                _box(
+                    labelled,
+                    "colorfulness",
+                    label_order,
+                    "Colourfulness by label",
+                    "colourfulness (Hasler-Suesstrunk)",
+                ),
+            )
+        )
     licences = (
         items["license"].fillna("(unknown)").value_counts().rename_axis("licence").reset_index(name="items")
     )
@@ -636,7 +692,7 @@ def _distributions(ctx: _Context) -> Section:
     sec.data["licences"] = dict(zip(licences["licence"], licences["items"].astype(int), strict=True))
     sizes = items[["width", "height"]].apply(pd.to_numeric, errors="coerce").dropna()
     if len(sizes):
-        sec.plots.append(("Image sizes (pixels)", _scatter(sizes)))
+        sec.plots.append(("Image sizes (pixels)", _scatter(sizes, "Image sizes")))
         shorter = sizes.min(axis=1)
         sec.data["shorter_side"] = {
             q: float(shorter.quantile(p)) for q, p in (("p5", 0.05), ("median", 0.5), ("p95", 0.95))
@@ -677,7 +733,12 @@ def _bias(ctx: _Context) -> Section:
             sec.tables.append(
                 Table(f"Suggestion accuracy by {by} (vs {basis}; overall {overall:.2f})", table.round(3))
             )
-            sec.plots.append((f"Suggestion accuracy by {by}", _bar(table, by, "rate", overall)))
+            sec.plots.append(
+                (
+                    f"Suggestion accuracy by {by}",
+                    _bar(table, by, "rate", f"Suggestion accuracy by {by}", by, "accuracy", overall),
+                )
+            )
             behind += [
                 f"suggestions for {by} {r[by]!r} ({r['rate']:.2f} vs {overall:.2f})"
                 for _, r in table[table["behind"]].iterrows()
@@ -694,7 +755,12 @@ def _bias(ctx: _Context) -> Section:
         for by in ("domain", "source"):
             table, overall = _rates(frame_, by, "agr", ctx.config)
             sec.tables.append(Table(f"Annotation agreement by {by} (overall {overall:.2f})", table.round(3)))
-            sec.plots.append((f"Annotation agreement by {by}", _bar(table, by, "rate", overall)))
+            sec.plots.append(
+                (
+                    f"Annotation agreement by {by}",
+                    _bar(table, by, "rate", f"Annotation agreement by {by}", by, "mean agreement", overall),
+                )
+            )
             behind += [
                 f"annotation agreement for {by} {r[by]!r} ({r['rate']:.2f} vs {overall:.2f})"
                 for _, r in table[table["behind"]].iterrows()
@@ -739,7 +805,9 @@ def _safe_sharpness(path: str) -> float | None:
         return None
 
 
-def ensure_sharpness(ws: Workspace, items: pd.DataFrame, workers: int = 1) -> pd.Series:
+def ensure_sharpness(
+    ws: Workspace, items: pd.DataFrame, workers: int = 1, progress: bool = False
+) -> pd.Series:
     """Compute and store ``sharpness`` for the rows of ``items`` that lack it; return the column for ``items``."""
     ws.catalog.ensure_columns({"sharpness": "REAL"})
     todo = items[~items["sharpness"].map(present) & items["sha256"].map(present)]
@@ -749,11 +817,17 @@ def ensure_sharpness(ws: Workspace, items: pd.DataFrame, workers: int = 1) -> pd
             str(ws.object_path(s, f if present(f) else None))
             for s, f in zip(todo["sha256"], todo["format"], strict=True)
         ]
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                computed = list(pool.map(_safe_sharpness, paths, chunksize=16))
-        else:
-            computed = [_safe_sharpness(p) for p in paths]
+        computed: list[float | None] = []
+        with stage_bar("audit", len(paths), progress, "sharpness") as advance:
+            if workers > 1:
+                with ProcessPoolExecutor(workers) as pool:
+                    for value in pool.map(_safe_sharpness, paths, chunksize=16):
+                        computed.append(value)
+                        advance(1)
+            else:
+                for path in paths:
+                    computed.append(_safe_sharpness(path))
+                    advance(1)
         ws.catalog.update_items(list(todo["item_id"]), {"sharpness": computed})
         values.loc[todo.index] = computed
     return pd.to_numeric(values, errors="coerce")
@@ -784,13 +858,19 @@ QUALITY_CHECKS: dict[str, tuple[str, Callable[[pd.DataFrame, AuditConfig], pd.Se
 
 
 def _quality_caption(r: Any) -> str:
-    return f"{r.check}: {r.width}x{r.height}, brightness {r.brightness:.2f}, sharpness {r.sharpness:.0f}"
+    def num(value: Any, digits: int) -> str:
+        return f"{float(value):.{digits}f}" if present(value) else "n/a"
+
+    return (
+        f"{r.check}: {num(r.width, 0)}x{num(r.height, 0)}, brightness {num(r.brightness, 2)}, "
+        f"sharpness {num(r.sharpness, 0)}"
+    )
 
 
 @section("quality")
 def _quality(ctx: _Context) -> Section:
     items = ctx.items.copy()
-    items["sharpness"] = ensure_sharpness(ctx.ws, items, ctx.config.workers)
+    items["sharpness"] = ensure_sharpness(ctx.ws, items, ctx.config.workers, ctx.config.progress)
     sec = Section("quality", "Image quality outliers")
     rows, flagged = [], []
     settings = asdict(ctx.config)
@@ -809,7 +889,11 @@ def _quality(ctx: _Context) -> Section:
         sec.plots.append(
             (
                 "Sharpness (log10 variance of the Laplacian)",
-                _hist(np.log10(items["sharpness"].dropna() + 1.0)),
+                _hist(
+                    np.log10(items["sharpness"].dropna() + 1.0),
+                    "Sharpness",
+                    "log10(1 + variance of the Laplacian)",
+                ),
             )
         )
     return sec
@@ -818,73 +902,55 @@ def _quality(ctx: _Context) -> Section:
 # -- plots (matplotlib, Agg) ---------------------------------------------------------------------------------------
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _figure(width: float = 6.0, height: float = 3.2) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height))
-
-
-def _bar(table: pd.DataFrame, x: str, y: str, reference: float | None = None) -> str:
-    fig, ax = _figure()
+def _bar(
+    table: pd.DataFrame, x: str, y: str, title: str, xlabel: str, ylabel: str, reference: float | None = None
+) -> str:
+    fig, ax = figure(title, xlabel, ylabel)
     ax.bar([str(v) for v in table[x]], table[y], color="#4c72b0")
     if reference is not None and not math.isnan(reference):
         ax.axhline(reference, color="#c44e52", linestyle="--", linewidth=1, label="overall")
-        ax.legend(loc="lower right")
-    ax.set_ylabel(y)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.tick_params(axis="x", rotation=45)
-    return _png(fig)
+    return png(fig)
 
 
-def _heatmap(table: pd.DataFrame) -> str:
-    fig, ax = _figure(6.5, 3.8)
+def _heatmap(table: pd.DataFrame, title: str, xlabel: str, ylabel: str) -> str:
+    fig, ax = figure(title, xlabel, ylabel, 6.5, 3.8)
     data = table.fillna(0).to_numpy(dtype=float)
     image = ax.imshow(data, cmap="Blues", aspect="auto")
     ax.set_xticks(range(data.shape[1]), [str(c) for c in table.columns], rotation=45, ha="right")
     ax.set_yticks(range(data.shape[0]), [str(i) for i in table.index])
+    top = float(data.max()) if data.size else 0.0
     for (r, c), value in np.ndenumerate(data):
-        ax.text(c, r, f"{int(value)}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax)
-    return _png(fig)
+        colour = "white" if top and value > 0.6 * top else "black"
+        ax.text(c, r, f"{int(value)}", ha="center", va="center", fontsize=7, color=colour)
+    fig.colorbar(image, ax=ax, label="items")
+    return png(fig)
 
 
-def _box(frame_: pd.DataFrame, column: str, order: list[str]) -> str:
-    fig, ax = _figure()
+def _box(frame_: pd.DataFrame, column: str, order: list[str], title: str, ylabel: str) -> str:
+    fig, ax = figure(title, "label", ylabel)
     data = [
         pd.to_numeric(frame_.loc[frame_["given_label"] == label, column], errors="coerce").dropna()
         for label in order
     ]
     ax.boxplot(data, tick_labels=order)
-    ax.set_ylabel(column)
     ax.tick_params(axis="x", rotation=45)
-    return _png(fig)
+    return png(fig)
 
 
-def _scatter(sizes: pd.DataFrame) -> str:
-    fig, ax = _figure(4.5, 3.5)
+def _scatter(sizes: pd.DataFrame, title: str) -> str:
+    fig, ax = figure(title, "width (pixels, log scale)", "height (pixels, log scale)", 4.5, 3.5)
     ax.scatter(sizes["width"], sizes["height"], s=6, alpha=0.5)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("width")
-    ax.set_ylabel("height")
-    return _png(fig)
+    return png(fig)
 
 
-def _hist(values: pd.Series) -> str:
-    fig, ax = _figure()
+def _hist(values: pd.Series, title: str, xlabel: str) -> str:
+    fig, ax = figure(title, xlabel, "images")
     ax.hist(values, bins=30, color="#55a868")
-    return _png(fig)
+    return png(fig)
 
 
 # -- HTML ----------------------------------------------------------------------------------------------------
@@ -892,16 +958,13 @@ def _hist(values: pd.Series) -> str:
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Emo8 audit</title>
 <style>
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:13px;margin:.5em 0}
-td,th{border:1px solid #ddd;padding:2px 6px;text-align:left}
-.skipped{color:#8a6d3b;background:#fcf8e3;padding:.5em;border:1px solid #faebcc}
-.gallery{display:flex;flex-wrap:wrap;gap:6px}
-figure{margin:0;width:{{ thumb }}px;font-size:11px}
-figure img{max-width:{{ thumb }}px;max-height:{{ thumb }}px}
+{{ css }}
+.gallery{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;width:{{ thumb }}px;font-size:11px;overflow-wrap:anywhere}
+figure img{max-width:{{ thumb }}px;max-height:{{ thumb }}px;display:block}
 .plots img{margin:4px}
 nav a{margin-right:1em}
+{{ table_css }}
 </style></head><body>
 <h1>Emo8 audit: {{ root }}</h1>
 <p>{{ items }} valid items, {{ labelled }} labelled ({{ kinds }}). Generated {{ when }}.</p>
@@ -913,40 +976,35 @@ nav a{margin-right:1em}
 <div class="plots">{% for caption, png in s.plots %}
 <img alt="{{ caption }}" title="{{ caption }}" src="data:image/png;base64,{{ png }}">{% endfor %}</div>
 {% for t in s.tables %}<h4>{{ t.caption }}</h4>{{ t.html | safe }}{% endfor %}
-{% if s.gallery %}<div class="gallery">{% for g in s.gallery %}{% if g.uri %}
+{% if s.gallery %}<h4>Flagged images</h4><div class="gallery">{% for g in s.gallery %}{% if g.uri %}
 <figure data-sha256="{{ g.sha256 }}"><img src="{{ g.uri }}" alt="{{ g.item_id }}">
-<figcaption>{{ g.caption }}<br><code>{{ g.item_id }}</code></figcaption></figure>
+<figcaption>{{ g.caption }}<br>{{ g.name | safe }}</figcaption></figure>
 {% endif %}{% endfor %}</div>{% endif %}
 {% endfor %}
 </body></html>
 """
 
 
-def _thumbnail(ws: Workspace, sha256: str, fmt: str | None, side: int) -> str:
-    from emo8.imaging import load_rgb
-
-    try:
-        image = load_rgb(str(ws.object_path(sha256, fmt)), max_side=side)
-    except Exception:
-        return ""
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _render(ctx: _Context, result: AuditResult) -> str:
     from jinja2 import Environment
 
     formats = dict(zip(ctx.everything["sha256"], ctx.everything["format"], strict=True))
+    wanted = {t.item_id for sec in result.sections.values() for t in sec.gallery}
+    for sec in result.sections.values():
+        for table in sec.tables:
+            if "item_id" in table.frame.columns:
+                wanted.update(str(i) for i in table.frame["item_id"])
+    lookup = item_lookup(ctx.ws, sorted(wanted))
     views = []
     for sec in result.sections.values():
+        gallery = []
         for thumb in sec.gallery:
-            thumb.uri = _thumbnail(ctx.ws, thumb.sha256, formats.get(thumb.sha256), ctx.config.thumb_side)
-        tables = [
-            {"caption": t.caption, "html": t.frame.to_html(index=False, escape=True, border=0, na_rep="")}
-            for t in sec.tables
-        ]
-        views.append({**sec.__dict__, "tables": tables})
+            thumb.uri = thumbnail(
+                str(ctx.ws.object_path(thumb.sha256, formats.get(thumb.sha256))), ctx.config.thumb_side, 80
+            )
+            gallery.append({**thumb.__dict__, "name": name_html(lookup.get(thumb.item_id))})
+        tables = [{"caption": t.caption, "html": item_table(ctx.ws, t.frame, lookup)} for t in sec.tables]
+        views.append({**sec.__dict__, "tables": tables, "gallery": gallery})
     env = Environment(autoescape=True)
     return env.from_string(_TEMPLATE).render(
         root=str(ctx.ws.root),
@@ -956,6 +1014,8 @@ def _render(ctx: _Context, result: AuditResult) -> str:
         when=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         sections=views,
         thumb=ctx.config.thumb_side,
+        table_css=ITEM_TABLE_CSS,
+        css=REPORT_CSS,
     )
 
 
@@ -984,7 +1044,11 @@ def audit(ws: Workspace, config: AuditConfig = AuditConfig()) -> AuditResult:
     label, kind = given_labels(items)
     items = items.assign(given_label=label, label_kind=kind)
     ctx = _Context(ws, config, items, everything)
-    sections = {key: fn(ctx) for key, fn in SECTIONS.items()}
+    sections: dict[str, Section] = {}
+    with stage_steps("audit", list(SECTIONS), config.progress) as done:
+        for key, fn in SECTIONS.items():
+            sections[key] = fn(ctx)
+            done(key)
     out = (config.out or ws.reports_dir / "audit.html").resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     result = AuditResult(

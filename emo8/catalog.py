@@ -103,6 +103,30 @@ CREATE TABLE IF NOT EXISTS selections (
 
 SCHEMA_VERSION = 1
 
+#: Every documented column of the ``items`` table (docs/catalog.md), in the order :meth:`Workspace.items` returns
+#: them, with its kind: ``text``, ``integer``, ``real`` or ``list`` (a JSON list stored as text, returned parsed).
+#: Later stages add their columns when they first run; the Python API returns all of them whatever has run.
+ITEM_COLUMNS: dict[str, str] = {
+    "item_id": "text", "source": "text", "url": "text", "source_path": "text", "status": "text", "reason": "text",
+    "error": "text", "http_status": "integer", "attempts": "integer", "sha256": "text", "width": "integer",
+    "height": "integer", "format": "text", "license": "text", "author": "text", "title": "text", "keyword": "text",
+    "domain": "text", "weak_label": "text", "brightness": "real", "colorfulness": "real", "phash": "text",
+    "dhash": "text", "pixel_hash": "text", "meta": "text", "ingested_at": "text", "updated_at": "text",
+    # suggest, labels import, detect-people
+    "suggested_label": "text", "suggestion_probs": "list", "suggestion_entropy": "real",
+    "suggestion_version": "text", "imported_label": "text", "person_boxes": "list", "face_boxes": "list",
+    "num_faces": "integer", "people_backend": "text",
+    # annotate aggregate
+    "label": "text", "label_distribution": "list", "num_votes": "integer", "agreement": "real",
+    "settled": "integer", "unsettled_reason": "text", "label_method": "text",
+    # split, audit, take-down
+    "split": "text", "split_group": "text", "sharpness": "real", "takedown_id": "text",
+    # dedup
+    "dup_of": "text", "dup_tier": "text", "dup_score": "real", "dup_inliers": "integer", "dup_via": "text",
+    "contaminated_by": "text",
+    "contaminated_tier": "text", "contaminated_score": "real",
+}  # fmt: skip
+
 _META_NAMES = ", ".join(METADATA_COLUMNS)
 _META_MARKS = ", ".join("?" * len(METADATA_COLUMNS))
 _INSERT_ITEM = (
@@ -322,20 +346,43 @@ class Catalog:
         """
         merged: dict[str, str] = {}
         now = utc_now()
+        outcomes = list(outcomes)
+        # two queries per batch instead of two per outcome: which items still exist, who holds each sha256
+        existing: set[str] = set()
+        # sha256 -> the items holding it, kept current while the batch is applied
+        holders: dict[str, list[str]] = {}
+        sha_of: dict[str, str] = {}
+        gone: set[str] = set()  # merged away in this batch
+        updates: dict[tuple[str, ...], list[list[Any]]] = {}  # column names -> rows, one executemany each
         with self.transaction() as db:
+            for chunk in _chunks([o.item_id for o in outcomes], 500):
+                marks = ", ".join("?" * len(chunk))
+                rows = db.execute(f"SELECT item_id FROM items WHERE item_id IN ({marks})", chunk)
+                existing.update(row[0] for row in rows)
+            for chunk in _chunks(sorted({o.sha256 for o in outcomes if o.sha256 is not None}), 500):
+                marks = ", ".join("?" * len(chunk))
+                rows = db.execute(f"SELECT sha256, item_id FROM items WHERE sha256 IN ({marks})", chunk)
+                for sha256, item_id in rows:
+                    holders.setdefault(sha256, []).append(item_id)
+                    sha_of[item_id] = sha256
             for out in outcomes:
-                row = db.execute("SELECT item_id FROM items WHERE item_id = ?", (out.item_id,)).fetchone()
-                if row is None:  # already merged away by an earlier run
+                if out.item_id not in existing:  # already merged away by an earlier run
                     continue
                 if out.sha256 is not None:
-                    other = db.execute(
-                        "SELECT item_id FROM items WHERE sha256 = ? AND item_id != ?",
-                        (out.sha256, out.item_id),
-                    ).fetchone()
+                    held = holders.get(out.sha256, ())
+                    other = next((h for h in held if h != out.item_id and h not in gone), None)
                     if other is not None:
-                        self._merge_into(db, out.item_id, other["item_id"], now)
-                        merged[out.item_id] = other["item_id"]
+                        self._merge_into(db, out.item_id, other, now)
+                        merged[out.item_id] = other
+                        existing.discard(out.item_id)
+                        gone.add(out.item_id)
                         continue
+                old = sha_of.pop(out.item_id, None)
+                if old is not None:
+                    holders[old] = [h for h in holders[old] if h != out.item_id]
+                if out.sha256 is not None:
+                    holders.setdefault(out.sha256, []).append(out.item_id)
+                    sha_of[out.item_id] = out.sha256
                 sets = {
                     "status": out.status,
                     "reason": out.reason,
@@ -348,9 +395,10 @@ class Catalog:
                 sets.update({k: v for k, v in out.signals.items() if k in SIGNAL_COLUMNS})
                 if out.status in ("valid", "invalid"):
                     sets["ingested_at"] = now
-                db.execute(
-                    f"UPDATE items SET {', '.join(f'{k} = ?' for k in sets)} WHERE item_id = ?",
-                    [*sets.values(), out.item_id],
+                updates.setdefault(tuple(sets), []).append([*sets.values(), out.item_id])
+            for columns, values in updates.items():
+                db.executemany(
+                    f"UPDATE items SET {', '.join(f'{k} = ?' for k in columns)} WHERE item_id = ?", values
                 )
         return merged
 

@@ -3,25 +3,56 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from emo8.cli_common import WorkspaceOpt, console, exit_on, out
+from emo8.cli_common import (
+    DEFAULT_WORKERS,
+    PANEL_COLLECT,
+    PANEL_CURATE,
+    PANEL_LABEL,
+    PANEL_RELEASE,
+    PANEL_SETUP,
+    Device,
+    ExecutorKind,
+    Quiet,
+    RayAddress,
+    Workers,
+    WorkspaceOpt,
+    add_version_option,
+    console,
+    exit_on,
+    fail,
+    ordered_group,
+    out,
+    warn,
+)
 from emo8.download import DownloadConfig
+from emo8.executor import ExecutorConfig, ExecutorError
 from emo8.imaging import ValidationConfig
 from emo8.ingest import IngestOptions, IngestSummary, ingest, process_pending
+from emo8.people import BACKEND_CHOICES as PEOPLE_BACKENDS
+from emo8.people import DEFAULT_BACKEND as DEFAULT_PEOPLE_BACKEND
 from emo8.sources import SourceError, create_source
 from emo8.workspace import Workspace, WorkspaceError
 
+#: Commands in pipeline order (``emo8 --help`` lists them by stage, in this order).
+PIPELINE = (
+    "init", "status", "ingest", "embed", "dedup", "detect-people", "suggest", "select", "annotate", "labels",
+    "split", "release", "audit", "push", "takedown",
+)  # fmt: skip
 app = typer.Typer(
-    no_args_is_help=True, help="Build, curate, version and audit the Emo8 visual-emotion dataset."
+    cls=ordered_group(PIPELINE),
+    no_args_is_help=True,
+    help="Build, curate, version and audit the Emo8 visual-emotion dataset.",
 )
+add_version_option(app, "emo8")
 ingest_app = typer.Typer(no_args_is_help=True, help="Add images from a source to the workspace.")
-app.add_typer(ingest_app, name="ingest")
+app.add_typer(ingest_app, name="ingest", rich_help_panel=PANEL_COLLECT)
 # Fetch and validation options shared by the ingest commands.
 Concurrency = Annotated[int, typer.Option(help="Global limit of requests in flight.")]
 PerHost = Annotated[int, typer.Option(help="Limit of requests in flight per host.")]
@@ -34,11 +65,9 @@ AllowPrivate = Annotated[
     bool,
     typer.Option("--allow-private-networks", help="Allow loopback/private addresses (tests, intranets)."),
 ]
-Workers = Annotated[int, typer.Option(help="Decode worker processes.")]
 MinSide = Annotated[int, typer.Option(help="Reject images whose shorter side is below this.")]
 MaxPixels = Annotated[int, typer.Option(help="Reject images with more pixels (decompression bombs).")]
 RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Retry items whose fetch failed before.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 def _open(workspace: Path) -> Workspace:
@@ -55,11 +84,13 @@ def _options(
     max_mb: float = 32.0,
     user_agent: str = DownloadConfig().user_agent,
     allow_private_networks: bool = False,
-    workers: int = max(1, os.cpu_count() or 1),
+    workers: int = DEFAULT_WORKERS,
     min_side: int = ValidationConfig().min_side,
     max_pixels: int = ValidationConfig().max_pixels,
     retry_failed: bool = False,
     quiet: bool = False,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> IngestOptions:
     download = DownloadConfig(
         user_agent=user_agent,
@@ -72,61 +103,101 @@ def _options(
         allow_private_networks=allow_private_networks,
     )
     validation = ValidationConfig(min_side=min_side, max_pixels=max_pixels)
-    return IngestOptions(download, validation, workers=workers, retry_failed=retry_failed, progress=not quiet)
+    return IngestOptions(
+        download, validation, workers=workers, retry_failed=retry_failed, progress=not quiet,
+        executor=ExecutorConfig(executor, ray_address),
+    )  # fmt: skip
 
 
 def _run_ingest(workspace: Path, source_name: str, options: IngestOptions, **source_options: Any) -> None:
     ws = _open(workspace)
-    with exit_on((SourceError, 2), (WorkspaceError, 1)):
+    with exit_on((SourceError, 2), (ExecutorError, 2), (WorkspaceError, 1)):
         source = create_source(source_name, **source_options)
         summary = ingest(ws, source, options)
     for warning in getattr(source, "warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}")
+        warn(warning)
     _print_summary(summary)
 
 
 def _print_summary(summary: IngestSummary) -> None:
-    rate = f"{summary.processed / summary.seconds:.1f} items/s" if summary.seconds else ""
+    rate = f" ({summary.processed / summary.seconds:.1f} items/s)" if summary.seconds else ""
     out.print(
         f"[bold]{summary.source}[/]: {summary.new} new, {summary.known} already known; "
-        f"processed {summary.processed} in {summary.seconds:.1f}s {rate}; "
-        f"{summary.merged} merged onto existing content; {summary.bytes_stored / 1e6:.1f} MB stored"
+        f"processed {summary.processed} in {summary.seconds:.1f}s{rate}; "
+        f"{summary.merged} merged onto existing content; {summary.bytes_stored / 1e6:.1f} MB stored",
+        highlight=False,
     )
     if summary.statuses:
         out.print("  status: " + ", ".join(f"{k}={v}" for k, v in summary.statuses.most_common()))
     if summary.reasons:
         out.print("  reasons: " + ", ".join(f"{k}={v}" for k, v in summary.reasons.most_common()))
+    failed = sum(summary.statuses[s] for s in ("failed", "invalid"))
+    if summary.failures:
+        shown = len(summary.failures)
+        out.print(f"  {failed} failed or invalid" + (f", the first {shown}:" if failed > shown else ":"))
+        for where, reason, detail in summary.failures:
+            out.print(
+                f"    {escape(where)}: {reason}" + (f" ({escape(detail)})" if detail else ""), highlight=False
+            )
     if summary.taken_down:
-        out.print(f"  take-down: {summary.taken_down} item(s) copy taken-down images and were removed")
+        out.print(f"  take-down: {summary.taken_down} item(s) removed because they copy taken-down images")
 
 
-@app.command()
-def init(path: Annotated[Path, typer.Argument(help="Directory to create the workspace in.")]) -> None:
-    """Create a workspace (idempotent)."""
+@app.command(rich_help_panel=PANEL_SETUP)
+def init(
+    path: Annotated[Path, typer.Argument(help="Directory to create the workspace in (new or empty).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Make a folder that already holds files a workspace anyway.")
+    ] = False,
+) -> None:
+    """Create a workspace in a new or empty folder (idempotent on an existing workspace)."""
+    problem = None if force else init_target_problem(path)
+    if problem:
+        fail(problem)
     with exit_on((WorkspaceError, 2)):
         ws = Workspace.init(path)
     out.print(f"workspace ready at {ws.root}")
 
 
-@app.command()
+def init_target_problem(path: Path) -> str | None:
+    """Why ``emo8 init PATH`` should not turn ``path`` into a workspace, or None when it may.
+
+    A workspace keeps its images in ``objects/``; a folder that already holds files (typically the images to
+    ingest) would silently mix the two, so it is refused unless ``--force`` is given.
+    """
+    from emo8.workspace import CONFIG_NAME
+
+    if not path.is_dir() or (path / CONFIG_NAME).is_file():
+        return None
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return None
+    shown = ", ".join(sorted(p.name for p in entries)[:3]) + (", ..." if len(entries) > 3 else "")
+    return (
+        f"{path} is not empty ({len(entries)} entries: {shown}) and is not an Emo8 workspace. Create the "
+        f"workspace in a new folder and ingest this one into it (`emo8 init NEW && emo8 ingest folder {path} "
+        "-w NEW`), or pass --force to make this folder a workspace anyway."
+    )
+
+
+@app.command(rich_help_panel=PANEL_SETUP)
 def status(
     workspace: WorkspaceOpt = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts of items by status, reason, source, domain and weak label."""
+    """Where the workspace stands: items by status and source, labels, rounds, splits, releases, reports."""
+    from emo8.status import render_lines, workspace_status
+
     ws = _open(workspace)
-    counts = ws.status()
+    snapshot = workspace_status(ws)
     if as_json:
-        out.print_json(json.dumps(counts))
+        out.print_json(json.dumps(snapshot.as_dict()))
         return
-    total = sum(counts["status"].values())
-    out.print(f"[bold]{ws.root}[/]: {total} items")
-    for facet, values in counts.items():
-        if not values:
-            continue
-        table = Table(title=facet, title_justify="left", show_header=False, box=None, pad_edge=False)
-        for key, count in values.items():
-            table.add_row(f"  {key}", str(count))
+    out.print(f"[bold]{ws.root}[/]: {snapshot.items} items, {snapshot.valid} valid")
+    for heading, rows in render_lines(snapshot):
+        table = Table(title=heading, title_justify="left", show_header=False, box=None, pad_edge=False)
+        for key, value in rows:
+            table.add_row(f"  {key}", value)
         out.print(table)
 
 
@@ -134,14 +205,16 @@ def status(
 def ingest_folder(
     directory: Annotated[Path, typer.Argument(help="Folder of images.")],
     workspace: WorkspaceOpt = Path("."),
-    recursive: Annotated[bool, typer.Option("--recursive", "-r")] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Also read the images in subfolders (all levels).")
+    ] = False,
     label_from_dir: Annotated[
         bool, typer.Option("--label-from-dir", help="Weak label = parent folder.")
     ] = False,
     domain: Annotated[str | None, typer.Option(help="Domain/style of these images.")] = None,
     keyword: Annotated[str | None, typer.Option(help="Keyword to record.")] = None,
     license: Annotated[str | None, typer.Option(help="Licence of these images (SPDX id).")] = None,
-    workers: Workers = max(1, os.cpu_count() or 1),
+    workers: Workers = DEFAULT_WORKERS,
     min_side: MinSide = ValidationConfig().min_side,
     max_pixels: MaxPixels = ValidationConfig().max_pixels,
     quiet: Quiet = False,
@@ -177,16 +250,18 @@ def ingest_urls(
     max_mb: MaxMB = 32.0,
     user_agent: UserAgent = DownloadConfig().user_agent,
     allow_private_networks: AllowPrivate = False,
-    workers: Workers = max(1, os.cpu_count() or 1),
+    workers: Workers = DEFAULT_WORKERS,
     min_side: MinSide = ValidationConfig().min_side,
     max_pixels: MaxPixels = ValidationConfig().max_pixels,
     retry_failed: RetryFailed = False,
     quiet: Quiet = False,
+    executor: ExecutorKind = "local",
+    ray_address: RayAddress = None,
 ) -> None:
     """Download and ingest the images of a URL list (img2dataset-compatible columns)."""
     options = _options(
         concurrency, per_host, rate, timeout, retries, max_mb, user_agent, allow_private_networks,
-        workers, min_side, max_pixels, retry_failed, quiet,
+        workers, min_side, max_pixels, retry_failed, quiet, executor, ray_address,
     )  # fmt: skip
     _run_ingest(
         workspace, "urls", options, path=str(url_list), url_col=url_col, caption_col=caption_col,
@@ -213,7 +288,7 @@ def ingest_openverse(
     max_mb: MaxMB = 32.0,
     user_agent: UserAgent = DownloadConfig().user_agent,
     allow_private_networks: AllowPrivate = False,
-    workers: Workers = max(1, os.cpu_count() or 1),
+    workers: Workers = DEFAULT_WORKERS,
     retry_failed: RetryFailed = False,
     quiet: Quiet = False,
 ) -> None:
@@ -236,7 +311,7 @@ def ingest_hf(
     label_col: Annotated[str, typer.Option(help="Label column ('' for none).")] = "label",
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
     domain: Annotated[str | None, typer.Option(help="Domain for rows without one.")] = None,
-    workers: Workers = max(1, os.cpu_count() or 1),
+    workers: Workers = DEFAULT_WORKERS,
     quiet: Quiet = False,
 ) -> None:
     """Ingest the images of a Hugging Face dataset."""
@@ -257,17 +332,22 @@ def ingest_resume(
     retries: Retries = 3,
     user_agent: UserAgent = DownloadConfig().user_agent,
     allow_private_networks: AllowPrivate = False,
-    workers: Workers = max(1, os.cpu_count() or 1),
+    workers: Workers = DEFAULT_WORKERS,
     retry_failed: RetryFailed = False,
     quiet: Quiet = False,
+    executor: ExecutorKind = "local",
+    ray_address: RayAddress = None,
 ) -> None:
     """Finish every pending item of every source (after a crash or an interrupted run)."""
     ws = _open(workspace)
     options = _options(
         concurrency, per_host, rate, timeout, retries, user_agent=user_agent,
         allow_private_networks=allow_private_networks, workers=workers, retry_failed=retry_failed, quiet=quiet,
+        executor=executor, ray_address=ray_address,
     )  # fmt: skip
-    _print_summary(process_pending(ws, None, options))
+    with exit_on((ExecutorError, 2), (WorkspaceError, 1)):
+        summary = process_pending(ws, None, options)
+    _print_summary(summary)
 
 
 def main() -> None:
@@ -275,10 +355,10 @@ def main() -> None:
     app()
 
 
-# -- audit, split, release, push, take-down (issue 6) -----------------------------------------------------------------
+# -- audit, split, release, push, take-down ---------------------------------------------------------------------------
 
 
-@app.command("audit")
+@app.command("audit", rich_help_panel=PANEL_RELEASE)
 def audit_cmd(
     workspace: WorkspaceOpt = Path("."),
     out_path: Annotated[
@@ -290,15 +370,17 @@ def audit_cmd(
     queue: Annotated[
         str | None, typer.Option(help="Save the flagged items as this annotation round's selection.")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Processes decoding images for the sharpness check.")] = 1,
+    workers: Workers = DEFAULT_WORKERS,
+    quiet: Quiet = False,
 ) -> None:
     """Audit label quality, distributions, bias and image quality (HTML + JSON report)."""
     from emo8.audit import AuditConfig, audit
 
     ws = _open(workspace)
     config = AuditConfig(
-        out=out_path, model=model, probe=probe, min_agreement=min_agreement, queue=queue, workers=workers
-    )
+        out=out_path, model=model, probe=probe, min_agreement=min_agreement, queue=queue, workers=workers,
+        progress=not quiet,
+    )  # fmt: skip
     with exit_on((ValueError, 2)):
         result = audit(ws, config)
     kinds = ", ".join(f"{k} {v}" for k, v in result.label_kinds.items()) or "none"
@@ -313,7 +395,7 @@ def audit_cmd(
     out.print(f"  report: {result.html} and {result.json} ({result.seconds:.1f}s)")
 
 
-@app.command("split")
+@app.command("split", rich_help_panel=PANEL_RELEASE)
 def split_cmd(
     workspace: WorkspaceOpt = Path("."),
     ratios: Annotated[str, typer.Option(help="train,validation,test shares.")] = "0.8,0.05,0.15",
@@ -324,6 +406,7 @@ def split_cmd(
     model: Annotated[str | None, typer.Option(help="Embedding model key for the cosine check.")] = None,
     phash_max_distance: Annotated[int | None, typer.Option(help="pHash radius (default: dedup's).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute and verify, write nothing.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Group-aware, stratified, stable train/validation/test splits, verified free of near-duplicate leaks."""
     from emo8.split import SPLITS, SplitConfig, SplitError, assign_splits, parse_ratios
@@ -332,7 +415,7 @@ def split_cmd(
     with exit_on((SplitError, 2)):
         config = SplitConfig(
             ratios=parse_ratios(ratios), seed=seed, reassign=reassign, model=model,
-            phash_max_distance=phash_max_distance,
+            phash_max_distance=phash_max_distance, progress=not quiet,
         )  # fmt: skip
         result, _items = assign_splits(ws, config, write=not dry_run)
     total = sum(result.counts.values()) or 1
@@ -352,7 +435,7 @@ def split_cmd(
         raise typer.Exit(1)
 
 
-@app.command("release")
+@app.command("release", rich_help_panel=PANEL_RELEASE)
 def release_cmd(
     version: Annotated[str, typer.Option("--version", help="Semantic version X.Y.Z.")],
     workspace: WorkspaceOpt = Path("."),
@@ -379,6 +462,7 @@ def release_cmd(
     allow_leaks: Annotated[
         bool, typer.Option("--allow-leaks", help="Release despite cross-split leaks.")
     ] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Write a versioned Hugging Face dataset release (and/or an ImageFolder tree) with card and CHANGELOG."""
     from emo8.curation import LabelPolicy
@@ -390,7 +474,7 @@ def release_cmd(
         formats=parse_formats(fmt),
         labels=LabelPolicy(min_agreement, allow_weak_labels, not no_imported_labels),
         out=out_dir, imagefolder_out=imagefolder_out, max_shard_bytes=int(max_shard_mb * 1024 * 1024),
-        overwrite=overwrite, repo_id=repo, allow_leaks=allow_leaks,
+        overwrite=overwrite, repo_id=repo, allow_leaks=allow_leaks, progress=not quiet,
     )  # fmt: skip
     with exit_on((NothingToRelease, 1, "no release"), (ReleaseError, 2)):
         result = release(ws, config)
@@ -419,7 +503,7 @@ def release_cmd(
         console.print(f"[yellow]warning:[/] {warning}")
 
 
-@app.command("push")
+@app.command("push", rich_help_panel=PANEL_RELEASE)
 def push_cmd(
     version: Annotated[str, typer.Option("--version", help="The local release X.Y.Z.")],
     repo: Annotated[str, typer.Option("--repo", help="Hub dataset repo ORG/NAME.")],
@@ -433,10 +517,10 @@ def push_cmd(
     ] = None,
 ) -> None:
     """Upload a release to the Hugging Face Hub as one commit and tag it vX.Y.Z (token: HF_TOKEN or login)."""
-    from emo8.hub import PushConfig, PushError, push_release
+    from emo8.hub import PushConfig, PushError, PushInputError, push_release
 
     ws = _open(workspace)
-    with exit_on((PushError, 1)):
+    with exit_on((PushInputError, 2), (PushError, 1)):
         result = push_release(ws, PushConfig(version, repo, private, endpoint, xet=xet))
     if result.noop:
         out.print(f"[bold]{repo}[/] already has {result.tag} with identical content: nothing to do")
@@ -447,7 +531,7 @@ def push_cmd(
     )
 
 
-@app.command("takedown")
+@app.command("takedown", rich_help_panel=PANEL_RELEASE)
 def takedown_cmd(
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded verbatim).")],
     workspace: WorkspaceOpt = Path("."),
@@ -479,15 +563,15 @@ def takedown_cmd(
         )
 
 
-# -- suggest, select, detect-people, labels (issue 4) -----------------------------------------------------------------
+# -- suggest, select, detect-people, labels ---------------------------------------------------------------------------
 
 labels_app = typer.Typer(
     no_args_is_help=True, help="Labels from outside the pipeline (curators, other tools)."
 )
-app.add_typer(labels_app, name="labels")
+app.add_typer(labels_app, name="labels", rich_help_panel=PANEL_LABEL)
 
 
-@app.command("suggest")
+@app.command("suggest", rich_help_panel=PANEL_LABEL)
 def suggest_cmd(
     workspace: WorkspaceOpt = Path("."),
     model: Annotated[str, typer.Option(help="Embedding model key (run `emo8 embed` with it first).")] = (
@@ -499,7 +583,7 @@ def suggest_cmd(
     ] = True,
     weights: Annotated[str | None, typer.Option(help="Encoder weights for the text tower.")] = None,
     random_init: Annotated[bool, typer.Option("--random-init", help="Random text tower (tests).")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto (text tower).")] = "cpu",
+    device: Device = "auto",
     min_labels: Annotated[int, typer.Option(help="Labels per class before the linear probe runs.")] = 5,
     folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
     labels: Annotated[
@@ -549,10 +633,10 @@ def suggest_cmd(
             f"majority baseline {result.metrics['majority_baseline']:.3f}"
         )
     out.print("  suggested: " + ", ".join(f"{k} {v}" for k, v in sorted(result.predicted.items())))
-    out.print(f"  report: {result.report_path} ({result.seconds:.1f}s)")
+    out.print(f"  report: {result.html_path} and {result.report_path} ({result.seconds:.1f}s)")
 
 
-@app.command("select")
+@app.command("select", rich_help_panel=PANEL_LABEL)
 def select_cmd(
     budget: Annotated[int, typer.Option("--budget", help="Items the round should hold.")],
     workspace: WorkspaceOpt = Path("."),
@@ -589,12 +673,10 @@ def select_cmd(
         )
 
 
-@app.command("detect-people")
+@app.command("detect-people", rich_help_panel=PANEL_CURATE)
 def detect_people_cmd(
     workspace: WorkspaceOpt = Path("."),
-    backend: Annotated[
-        str, typer.Option(help="opencv-hog, opencv-haar-face, mtcnn or torchvision:NAME.")
-    ] = "opencv-hog",
+    backend: Annotated[str, typer.Option(help=", ".join(PEOPLE_BACKENDS) + ".")] = DEFAULT_PEOPLE_BACKEND,
     weights: Annotated[str | None, typer.Option(help="Weights file (torchvision:NAME).")] = None,
     random_init: Annotated[
         bool, typer.Option("--random-init", help="torchvision:NAME with random weights (tests).")
@@ -602,12 +684,14 @@ def detect_people_cmd(
     threshold: Annotated[float | None, typer.Option(help="Minimum score (default: the backend's).")] = None,
     max_side: Annotated[int, typer.Option(help="Downscale images to this longer side first.")] = 640,
     batch_size: Annotated[int, typer.Option(help="Images per batch / transaction.")] = 32,
-    workers: Annotated[int, typer.Option(help="Decode+detect threads.")] = 1,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto (torch backends).")] = "cpu",
+    workers: Workers = 1,  # one: the OpenCV detectors are shared by the threads and are not thread-safe
+    device: Device = "auto",
     redo: Annotated[
         bool, typer.Option("--redo", help="Recompute items already done by this backend.")
     ] = False,
     quiet: Quiet = False,
+    executor: ExecutorKind = "local",
+    ray_address: RayAddress = None,
 ) -> None:
     """Detect people and faces; store person boxes (original pixels) and face counts per item."""
     from emo8.people import DetectConfig, DetectorError, detect_people
@@ -616,8 +700,9 @@ def detect_people_cmd(
     config = DetectConfig(
         backend=backend, weights=weights, random_init=random_init, score_threshold=threshold, max_side=max_side,
         batch_size=batch_size, workers=workers, device=device, redo=redo, progress=not quiet,
+        executor=ExecutorConfig(executor, ray_address),
     )  # fmt: skip
-    with exit_on((DetectorError, 2)):
+    with exit_on((DetectorError, 2), (ExecutorError, 2)):
         result = detect_people(ws, config)
     rate = f" ({result.images_per_second:.1f} images/s)" if result.processed else ""
     out.print(
@@ -651,17 +736,17 @@ def labels_import_cmd(
 
 from emo8.annotate.cli import annotate_app  # noqa: E402
 
-app.add_typer(annotate_app, name="annotate")
+app.add_typer(annotate_app, name="annotate", rich_help_panel=PANEL_LABEL)
 
 
-# -- embed, dedup (issue 3) ----------------------------------------------------------------------------------------
+# -- embed, dedup --------------------------------------------------------------------------------------------------
 
 
-@app.command("embed")
+@app.command("embed", rich_help_panel=PANEL_CURATE)
 def embed_cmd(
     workspace: WorkspaceOpt = Path("."),
     model: Annotated[
-        str, typer.Option(help="Model key: efficientnet-lite0, open_clip:ARCH[/TAG], timm:ARCH.")
+        str, typer.Option(help="Model key: efficientnet-lite0, open_clip:ARCH\\[/TAG], timm:ARCH.")
     ] = "efficientnet-lite0",
     weights: Annotated[
         Path | None, typer.Option(help="Local checkpoint (open_clip:ARCH, timm:ARCH).")
@@ -670,12 +755,12 @@ def embed_cmd(
         bool, typer.Option("--random-init", help="Random weights (smoke tests only; never a fallback).")
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    workers: Annotated[int, typer.Option(help="DataLoader processes decoding images.")] = max(
-        0, min(4, (os.cpu_count() or 1) - 1)
-    ),
+    device: Device = "auto",
+    workers: Workers = DEFAULT_WORKERS,
     dtype: Annotated[str, typer.Option(help="Stored precision: float16 or float32.")] = "float16",
     quiet: Quiet = False,
+    executor: ExecutorKind = "local",
+    ray_address: RayAddress = None,
 ) -> None:
     """Embed every validated item that has no embedding for the model yet (incremental, resumable)."""
     from emo8.embed import EmbedConfig, EmbeddingStoreError, embed
@@ -685,8 +770,9 @@ def embed_cmd(
     config = EmbedConfig(
         model=model, weights=str(weights) if weights else None, random_init=random_init, device=device,
         batch_size=batch_size, workers=workers, dtype=dtype, progress=not quiet,
+        executor=ExecutorConfig(executor, ray_address),
     )  # fmt: skip
-    with exit_on(((WeightsError, EncoderKeyError, ValueError), 2), (EmbeddingStoreError, 1)):
+    with exit_on(((WeightsError, EncoderKeyError, ValueError, ExecutorError), 2), (EmbeddingStoreError, 1)):
         summary = embed(ws, config)
     info = summary.as_dict()
     rate = f", {info['images_per_second']} images/s" if info["images_per_second"] else ""
@@ -702,7 +788,7 @@ def embed_cmd(
         out.print(f"  corrupted shard(s) quarantined and recomputed: {', '.join(summary.repaired_shards)}")
 
 
-@app.command("dedup")
+@app.command("dedup", rich_help_panel=PANEL_CURATE)
 def dedup_cmd(
     workspace: WorkspaceOpt = Path("."),
     phash_max_distance: Annotated[
@@ -733,8 +819,9 @@ def dedup_cmd(
         int | None,
         typer.Option(help="Matches an item keeps per tier, best-ranked first (default 64; 0: all)."),
     ] = None,
-    workers: Workers = max(1, os.cpu_count() or 1),
-    device: Annotated[str, typer.Option(help="Encoder device for --against images.")] = "auto",
+    workers: Workers = DEFAULT_WORKERS,
+    device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Find exact, perceptual and semantic duplicates; mark them (nothing is deleted); write reports."""
     from emo8.dedup import MAX_NEIGHBOURS, DedupConfig, dedup
@@ -752,6 +839,7 @@ def dedup_cmd(
         **thresholds, embed_min_similarity=embed_min_similarity, model=model, dry_run=dry_run, against=against,
         semdedup_eps=tuple(semdedup_eps or ()), semdedup_apply=semdedup_apply,
         tiers=tuple(t.strip() for t in tiers.split(",") if t.strip()), workers=workers, device=device,
+        progress=not quiet,
         search=SearchConfig(max_neighbours=MAX_NEIGHBOURS if max_neighbours is None else max(0, max_neighbours)),
     )  # fmt: skip
     with exit_on(((ValueError, WeightsError, EncoderKeyError), 2), (EmbeddingStoreError, 1)):

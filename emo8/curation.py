@@ -39,6 +39,11 @@ DEFAULT_EMBED_MIN_SIMILARITY = 0.94
 #: Above this many items, the exact (flat) cosine search gives way to an IVF partition (the hash search stays exact).
 EXACT_COSINE_LIMIT = 50_000
 
+#: Dedup's confirmed duplicate pairs (``a, b`` item ids, ``tier``, ``score``, ``inliers``), relative to the workspace.
+PAIRS_FILE = "dedup/pairs.parquet"
+#: The items the dedup run that wrote :data:`PAIRS_FILE` considered (``item_id``).
+PAIRS_ITEMS_FILE = "dedup/items.parquet"
+
 
 def frame(ws: Workspace, columns: Sequence[str], where: str | None = None) -> pd.DataFrame:
     """Return ``columns`` of the items table (filtered by SQL ``where``); columns the catalog lacks are all-null.
@@ -311,6 +316,45 @@ def cosine_pairs(vectors: np.ndarray, min_similarity: float) -> np.ndarray:
     from emo8.similarity import cosine_pairs as search
 
     return _as_rows(search(vectors, min_similarity, config=_cosine_config(len(vectors))))
+
+
+@dataclass(frozen=True)
+class DedupPairs:
+    """Dedup's confirmed duplicate pairs: ``pairs`` (``a``, ``b``, ``tier``, ``score``, ``inliers``) and the item ids
+    that run considered (items outside it, e.g. ingested since, have not been checked)."""
+
+    pairs: pd.DataFrame
+    covered: frozenset[str]
+
+    def rows(self, item_ids: Sequence[Any]) -> np.ndarray:
+        """``int64[m, 2]`` row pairs of ``item_ids`` (positions) that dedup confirmed as duplicates."""
+        position = {str(i): k for k, i in enumerate(item_ids)}
+        a = self.pairs["a"].map(position)
+        b = self.pairs["b"].map(position)
+        both = a.notna() & b.notna()
+        if not both.any():
+            return np.zeros((0, 2), np.int64)
+        return np.stack([a[both].to_numpy(np.int64), b[both].to_numpy(np.int64)], axis=1)
+
+    def partners(self, item_ids: set[str]) -> set[str]:
+        """Every item paired with one of ``item_ids``."""
+        a, b = self.pairs["a"].astype(str), self.pairs["b"].astype(str)
+        return set(b[a.isin(item_ids)]) | set(a[b.isin(item_ids)])
+
+
+def dedup_pairs(ws: Workspace) -> DedupPairs | None:
+    """The pairs the last ``emo8 dedup`` confirmed (exact, perceptual, geometrically verified, semantic), or None
+    when dedup has not run (or ran before it recorded them). Split's leak check, release and take-down read these,
+    so that one notion of "duplicate" holds everywhere."""
+    path = ws.root / PAIRS_FILE
+    if not path.is_file():
+        return None
+    pairs = pd.read_parquet(path)
+    items_path = ws.root / PAIRS_ITEMS_FILE
+    covered = (
+        frozenset(pd.read_parquet(items_path)["item_id"].astype(str)) if items_path.is_file() else frozenset()
+    )
+    return DedupPairs(pairs, covered)
 
 
 def dedup_thresholds(ws: Workspace, model: str | None = None) -> tuple[int, float]:

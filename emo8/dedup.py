@@ -1,19 +1,25 @@
-"""Tiered deduplication: exact, perceptual hash, embedding; clusters with a chaining guard; contamination.
+"""Tiered deduplication: exact, perceptual hash, verified, embedding; clusters that stay whole; contamination.
 
 Tiers (a registry, :data:`TIERS`; each finds matched pairs among the workspace's items and against a reference set):
 
 1. ``exact``: identical bytes (sha256) or identical decoded pixels (pixel hash);
 2. ``perceptual``: pHash within Hamming distance ``D``, confirmed by dHash within ``D_d`` (second opinion),
    searched by :func:`emo8.similarity.hamming_pairs` (FAISS binary flat index; multi-index hashing for large sets);
-3. ``semantic``: embedding cosine >= ``S`` (:func:`emo8.similarity.cosine_pairs`: FAISS flat or IVF);
-4. ``semdedup`` (optional): SemDeDup-style thinning of what remains, removal rate per eps reported.
+3. ``verified``: grey-zone candidates (each item's ``k`` nearest embeddings above a loose cosine, and pHash within a
+   loose radius) confirmed by geometric verification of local features (:mod:`emo8.verify`: SIFT + RANSAC);
+4. ``semantic``: embedding cosine >= ``S``, a high threshold that needs no verification (and, for images too
+   plain to verify, a lower one);
+5. ``semdedup`` (optional): SemDeDup-style thinning of what remains, removal rate per eps reported.
 
-Pairs become clusters (connected components) with the chaining guard of :func:`emo8.similarity.guarded_clusters`: every
-member matches its canonical item directly. The canonical item of a cluster is chosen by :func:`canonical_order`:
+Pairs become clusters with :func:`emo8.similarity.verified_clusters`: a member joins when it matches the canonical
+directly or is verified against it, or matches ``min_links`` members of the cluster; a single false match never
+merges two groups. The canonical item of a cluster is chosen by :func:`canonical_order`:
 a canonical from an earlier run stays canonical (so re-runs extend clusters and references to canonicals stay
 valid); otherwise the largest pixel count, then the preferred licence, then the earliest ingested (catalog
 order breaks ties).
-Members get ``status = 'duplicate'`` and ``dup_of``, ``dup_tier``, ``dup_score``; nothing is deleted.
+Members get ``status = 'duplicate'`` and ``dup_of``, ``dup_tier``, ``dup_score``, ``dup_inliers``, ``dup_via``;
+nothing is deleted. The confirmed pairs are written to ``dedup/pairs.parquet`` (:func:`emo8.curation.dedup_pairs`):
+split's leak check and take-down read them, so every stage shares one notion of "duplicate".
 
 With ``against`` (a folder or a Hugging Face dataset, e.g. a benchmark's test split), items that match any of
 its images in any tier become ``contaminated``, and so does every item of their cluster (a copy of a leaked
@@ -34,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +48,11 @@ import numpy as np
 import pandas as pd
 
 from emo8.catalog import utc_now
-from emo8.embed import EmbeddingStore, encode_sources, store_spec, stored_models
-from emo8.encoders import DEFAULT_MODEL, load_encoder
+from emo8.curation import PAIRS_FILE, PAIRS_ITEMS_FILE
+from emo8.embed import EmbeddingStore, encode_sources, store_preprocess, store_spec, stored_models
+from emo8.encoders import DEFAULT_MODEL, DEFAULT_PREPROCESS, load_encoder
 from emo8.imaging import ImageInfo, ValidationConfig, inspect_image
+from emo8.progress import stage_steps
 from emo8.similarity import (
     TIER_PRIORITY,
     Clusters,
@@ -53,22 +61,35 @@ from emo8.similarity import (
     Pairs,
     SearchConfig,
     cosine_pairs,
-    guarded_clusters,
+    cosine_topk,
     hamming_pairs,
     hex_to_codes,
     popcount,
     semdedup_thin,
     take_rows,
+    verified_clusters,
 )
 from emo8.sources import create_source, read_local
+from emo8.verify import VerifyConfig, verify_pairs
 from emo8.workspace import Workspace
 
 #: Default pHash Hamming distance (of 64 bits), from benchmarks/neardup.py (see docs/dedup.md).
 PHASH_MAX_DISTANCE = 6
 #: Default dHash distance a pHash match must also satisfy (the second opinion), from the same benchmark.
 DHASH_MAX_DISTANCE = 16
-#: Default cosine threshold per model key, from benchmarks/neardup.py where measured (see docs/dedup.md).
-EMBED_MIN_SIMILARITY: dict[str, float] = {"efficientnet-lite0": 0.79}
+#: Default cosine above which a pair is a duplicate without verification, per model key, from
+#: benchmarks/neardup.py where measured (see docs/dedup.md).
+EMBED_MIN_SIMILARITY: dict[str, float] = {"efficientnet-lite0": 0.95}
+#: Grey zone: each item's ``VerifyConfig.k`` nearest neighbours above this cosine are verified geometrically.
+VERIFY_MIN_SIMILARITY: dict[str, float] = {"efficientnet-lite0": 0.5}
+#: Pairs that verification cannot decide (too few keypoints: flat clip-art, icons) count above this cosine.
+UNDECIDED_MIN_SIMILARITY: dict[str, float] = {"efficientnet-lite0": 0.9}
+VERIFY_MIN_SIMILARITY_FALLBACK = 0.5
+#: Grey zone of the hashes: pHash within this distance is verified geometrically.
+VERIFY_PHASH_MAX_DISTANCE = 12
+#: A member that neither matches nor verifies against its canonical joins with this many matches among the members
+#: that do (see :func:`emo8.similarity.verified_clusters`).
+MIN_LINKS = 1
 #: Used for model keys without a measured default (clip-retrieval's dedup threshold); re-run the benchmark.
 EMBED_MIN_SIMILARITY_FALLBACK = 0.94
 #: Matches each item keeps per tier when it has more (the best-ranked ones, see ``SearchConfig.max_neighbours``):
@@ -83,6 +104,8 @@ DEDUP_COLUMNS = {
     "dup_of": "TEXT",
     "dup_tier": "TEXT",
     "dup_score": "REAL",
+    "dup_inliers": "INTEGER",
+    "dup_via": "TEXT",
     "contaminated_by": "TEXT",
     "contaminated_tier": "TEXT",
     "contaminated_score": "REAL",
@@ -141,14 +164,25 @@ class DedupConfig:
     device
         Where the encoder runs for ``against`` images.
     progress
-        Print stage progress.
+        Show a progress bar over the tiers and print each tier's pair count.
+    verify_min_similarity
+        Lowest cosine of a grey-zone candidate (None: the model's default, :data:`VERIFY_MIN_SIMILARITY`).
+    verify_phash_max_distance
+        Loosest pHash distance of a grey-zone candidate.
+    undecided_min_similarity
+        Cosine that counts when verification cannot decide (None: :data:`UNDECIDED_MIN_SIMILARITY`).
+    verification
+        Geometric verification settings (:class:`emo8.verify.VerifyConfig`: ``k`` candidates per item, workers).
+    min_links
+        An item that neither matches nor verifies against the canonical joins with matches to at least
+        ``min_links`` of the members that do (the canonical included).
     """
 
     phash_max_distance: int = PHASH_MAX_DISTANCE
     dhash_max_distance: int | None = DHASH_MAX_DISTANCE
     embed_min_similarity: float | None = None
     model: str | None = None
-    tiers: tuple[str, ...] = ("exact", "perceptual", "semantic")
+    tiers: tuple[str, ...] = ("exact", "perceptual", "verified", "semantic")
     semdedup_eps: tuple[float, ...] = ()
     semdedup_apply: bool = False
     semdedup_clusters: int = 0
@@ -162,6 +196,11 @@ class DedupConfig:
     workers: int = 1
     device: str = "auto"
     progress: bool = False
+    verify_min_similarity: float | None = None
+    verify_phash_max_distance: int = VERIFY_PHASH_MAX_DISTANCE
+    undecided_min_similarity: float | None = None
+    verification: VerifyConfig = field(default_factory=VerifyConfig)
+    min_links: int = MIN_LINKS
 
 
 @dataclass
@@ -205,6 +244,24 @@ class Context:
     matrix: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    verify_min_similarity: float | None = None
+    undecided_min_similarity: float | None = None
+    undecided: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # pairs verification could not decide
+    verification: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, position: int) -> str:
+        """The stored file of the candidate at ``position``."""
+        sha, fmt = self.items.sha256.iat[position], self.items.format.iat[position]
+        return str(self.ws.object_path(str(sha), str(fmt) if isinstance(fmt, str) else None))
+
+    def count_verification(self, stats: dict[str, Any]) -> None:
+        for key in ("pairs", "verified", "undecided", "seconds"):
+            self.verification[key] = self.verification.get(key, 0) + stats.get(key, 0)
+        seconds = self.verification["seconds"]
+        self.verification["pairs_per_second"] = (
+            round(self.verification["pairs"] / seconds, 1) if seconds else None
+        )
+        self.verification["workers"] = stats.get("workers")
 
     def log(self, message: str) -> None:
         if self.config.progress:
@@ -215,12 +272,13 @@ class Context:
 class Tier:
     """One dedup tier: ``pairs`` finds matches among candidates, ``against`` matches against a reference.
 
-    Both return ``(i, j, score)`` arrays; scores are similarities in [0, 1] (1 - distance / 64 for hashes).
+    Both return ``(i, j, score)`` arrays, and optionally a fourth, the inliers of geometric verification; scores
+    are similarities in [0, 1] (1 - distance / 64 for hashes, the inliers' share of the overlap for ``verified``).
     """
 
     name: str
-    pairs: Callable[[Context], tuple[np.ndarray, np.ndarray, np.ndarray]]
-    against: Callable[[Context, Reference], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    pairs: Callable[[Context], tuple[np.ndarray, ...]]
+    against: Callable[[Context, Reference], tuple[np.ndarray, ...]]
 
     @property
     def code(self) -> int:
@@ -341,7 +399,12 @@ def _semantic_pairs(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return _EMPTY
     pairs = cosine_pairs(matrix, ctx.min_similarity, config=ctx.config.search, priority=ctx.rank[pos])
     _note_capped(ctx, "semantic", pairs)
-    return pos[pairs.i], pos[pairs.j], np.minimum(pairs.value, 1.0).astype(np.float32)
+    i, j, score = pos[pairs.i], pos[pairs.j], np.minimum(pairs.value, 1.0).astype(np.float32)
+    if ctx.undecided is not None and ctx.undecided_min_similarity is not None:
+        ui, uj, us = ctx.undecided  # too plain to verify: a lower cosine than unverified pairs need
+        keep = us >= ctx.undecided_min_similarity
+        i, j, score = np.r_[i, ui[keep]], np.r_[j, uj[keep]], np.r_[score, us[keep]].astype(np.float32)
+    return i, j, score
 
 
 def _semantic_against(ctx: Context, ref: Reference) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -353,6 +416,155 @@ def _semantic_against(ctx: Context, ref: Reference) -> tuple[np.ndarray, np.ndar
 
 
 register_tier(Tier("semantic", _semantic_pairs, _semantic_against))
+
+
+# -- verified -----------------------------------------------------------------------------------------------
+
+
+def _cosines(ctx: Context, i: np.ndarray, j: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Cosine of candidate pairs ``(i, j)`` (NaN where either has no embedding)."""
+    out = np.full(len(i), np.nan, np.float32)
+    if ctx.embed_rows is None or ctx.matrix is None:
+        return out
+    ri, rj = ctx.embed_rows[i], ctx.embed_rows[j]
+    has = np.flatnonzero((ri >= 0) & (rj >= 0))
+    for s in range(0, len(has), block):
+        k = has[s : s + block]
+        a = np.asarray(ctx.matrix[ri[k]], np.float32)
+        b = np.asarray(ctx.matrix[rj[k]], np.float32)
+        out[k] = np.einsum("ij,ij->i", a, b)
+    return out
+
+
+def _grey_zone(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs for verification: each item's ``k`` nearest embeddings above the loose cosine and (up to
+    ``k`` per item) pHash within the loose radius, minus the pairs the cheap tiers accept anyway."""
+    k = ctx.config.verification.k
+    parts_i, parts_j = [], []
+    pos, matrix = _embedded(ctx)
+    if matrix is not None and ctx.verify_min_similarity is not None:
+        near = cosine_topk(matrix, k, ctx.verify_min_similarity, config=ctx.config.search)
+        parts_i.append(pos[near.i])
+        parts_j.append(pos[near.j])
+    hpos, ph, dh = _hash_arrays(ctx.items)
+    if matrix is None or len(ph) ** 2 <= ctx.config.search.binary_flat_max_work:
+        # the loose radius is cheap with the flat index; at scale the embeddings' neighbours propose candidates
+        loose = hamming_pairs(ph, ctx.config.verify_phash_max_distance,
+                              config=replace(ctx.config.search, max_neighbours=k), priority=ctx.rank[hpos])  # fmt: skip
+        parts_i.append(hpos[loose.i])
+        parts_j.append(hpos[loose.j])
+    if not parts_i:
+        return _EMPTY[0], _EMPTY[1], _EMPTY[2]
+    i, j = np.concatenate(parts_i).astype(np.int64), np.concatenate(parts_j).astype(np.int64)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    key = np.unique(lo * len(ctx.items) + hi)
+    i, j = key // len(ctx.items), key % len(ctx.items)
+    cos = _cosines(ctx, i, j)
+    # accepted without verification: strict hashes, or a cosine above the unverified threshold
+    codes = np.zeros(len(ctx.items), np.uint64)
+    dcodes = np.zeros(len(ctx.items), np.uint64)
+    has = np.zeros(len(ctx.items), bool)
+    codes[hpos], dcodes[hpos], has[hpos] = ph, dh, True
+    strict = has[i] & has[j] & (popcount(codes[i] ^ codes[j]) <= ctx.config.phash_max_distance)
+    if ctx.config.dhash_max_distance is not None:
+        strict &= popcount(dcodes[i] ^ dcodes[j]) <= ctx.config.dhash_max_distance
+    accepted = strict | (cos >= (ctx.min_similarity if ctx.min_similarity is not None else np.inf))
+    i, j, cos = i[~accepted], j[~accepted], cos[~accepted]
+    budget = ctx.config.verification.max_pairs
+    if budget and len(i) > budget:  # keep the most similar candidates (hash-only ones last)
+        keep = np.sort(np.argsort(-np.nan_to_num(cos, nan=-2.0), kind="stable")[:budget])
+        ctx.notes.append(
+            f"verification: {len(i)} grey-zone candidates, the {budget} most similar verified "
+            "(VerifyConfig.max_pairs)"
+        )
+        i, j, cos = i[keep], j[keep], cos[keep]
+    return i, j, cos
+
+
+def _run_verification(ctx: Context, pairs: list[tuple[str, str]]) -> Any:
+    config = ctx.config.verification
+    if not config.workers:
+        config = replace(config, workers=ctx.config.workers)
+    result = verify_pairs(pairs, config)
+    ctx.count_verification(result.stats)
+    ctx.log(
+        f"verified {result.stats['verified']} of {len(pairs)} pairs ({result.stats['pairs_per_second']}/s)"
+    )
+    return result
+
+
+def _verified_pairs(ctx: Context) -> tuple[np.ndarray, ...]:
+    i, j, cos = _grey_zone(ctx)
+    ctx.verification["grey_zone_pairs"] = len(i)
+    if not len(i):
+        return (*_EMPTY, np.zeros(0, np.int32))
+    order = np.lexsort((j, i))  # a worker's chunk shares its first images: cached features
+    i, j, cos = i[order], j[order], cos[order]
+    paths = {p: ctx.path(p) for p in np.unique(np.r_[i, j]).tolist()}
+    result = _run_verification(
+        ctx, [(paths[a], paths[b]) for a, b in zip(i.tolist(), j.tolist(), strict=True)]
+    )
+    undecided = result.undecided & ~np.isnan(cos)
+    ctx.undecided = (i[undecided], j[undecided], cos[undecided])
+    ok = result.verified
+    return i[ok], j[ok], result.overlap_ratio[ok].astype(np.float32), result.inliers[ok]
+
+
+def _verified_against(ctx: Context, ref: Reference) -> tuple[np.ndarray, ...]:
+    k = ctx.config.verification.k
+    parts_i, parts_j = [], []
+    pos, matrix = _embedded(ctx)
+    if matrix is not None and ref.embeddings is not None and len(ref.embeddings) and \
+            ctx.verify_min_similarity is not None:  # fmt: skip
+        near = cosine_topk(
+            ref.embeddings, k, ctx.verify_min_similarity, queries=matrix, config=ctx.config.search
+        )
+        parts_i.append(pos[near.i])
+        parts_j.append(near.j)
+    hpos, ph, _dh = _hash_arrays(ctx.items)
+    if len(ref.phash):
+        loose = hamming_pairs(ph, ctx.config.verify_phash_max_distance, database=ref.phash,
+                              config=replace(ctx.config.search, max_neighbours=k))  # fmt: skip
+        parts_i.append(hpos[loose.i])
+        parts_j.append(loose.j)
+    if not parts_i:
+        return (*_EMPTY, np.zeros(0, np.int32))
+    i, j = np.concatenate(parts_i).astype(np.int64), np.concatenate(parts_j).astype(np.int64)
+    key = np.unique(i * max(1, len(ref.locator)) + j)
+    i, j = key // max(1, len(ref.locator)), key % max(1, len(ref.locator))
+    if not len(i):
+        return (*_EMPTY, np.zeros(0, np.int32))
+    sources = [(ctx.path(a), ref.locator[b]) for a, b in zip(i.tolist(), j.tolist(), strict=True)]
+    result = _run_verification(ctx, sources)
+    ok = result.verified
+    return i[ok], j[ok], result.overlap_ratio[ok].astype(np.float32), result.inliers[ok]
+
+
+register_tier(Tier("verified", _verified_pairs, _verified_against))
+
+
+def _confirmer(ctx: Context) -> Any:
+    """The clustering's direct check of a member against its canonical: geometric verification (for a pair it
+    cannot decide, the cosine that undecided grey-zone pairs need)."""
+    if "verified" not in ctx.config.tiers:
+        return None
+
+    def confirm(members: np.ndarray, canonicals: np.ndarray) -> tuple[np.ndarray, ...]:
+        result = _run_verification(ctx, [(ctx.path(int(m)), ctx.path(int(c)))
+                                         for m, c in zip(members, canonicals, strict=True)])  # fmt: skip
+        tier = np.full(len(members), TIER_PRIORITY["verified"], np.int8)
+        score = result.overlap_ratio.astype(np.float32)
+        inliers = result.inliers.copy()
+        ok = result.verified.copy()
+        if ctx.undecided_min_similarity is not None:
+            cos = _cosines(ctx, members.astype(np.int64), canonicals.astype(np.int64))
+            close = result.undecided & (np.nan_to_num(cos, nan=-1.0) >= ctx.undecided_min_similarity)
+            ok |= close
+            tier[close], score[close], inliers[close] = TIER_PRIORITY["semantic"], cos[close], -1
+        rejected = ~ok & ~result.undecided
+        return ok, rejected, tier, score, inliers
+
+    return confirm
 
 
 # -- canonical policy -------------------------------------------------------------------------------------
@@ -431,9 +643,11 @@ def load_reference(path: str, ctx: Context) -> Reference:
         dhash=hex_to_codes([str(info.dhash) for info in infos if info is not None]),
         unreadable=len(locators) - len(keep),
     )
-    if "semantic" in _against_tiers(ctx.config) and ctx.model is not None and ref.locator:
+    tiers = _against_tiers(ctx.config)
+    if ("semantic" in tiers or "verified" in tiers) and ctx.model is not None and ref.locator:
         encoder = load_encoder(store_spec(ctx.ws, ctx.model, ctx.config.device))
-        ok, emb = encode_sources(encoder, ref.locator, read=read_local, workers=min(ctx.config.workers, 2))
+        ok, emb = encode_sources(encoder, ref.locator, read=read_local, workers=min(ctx.config.workers, 2),
+                                 preprocess=store_preprocess(ctx.ws, ctx.model))  # fmt: skip
         ref.embeddings = np.where(ok[:, None], emb, 0.0).astype(np.float32)
     return ref
 
@@ -484,7 +698,7 @@ def _load_context(ws: Workspace, config: DedupConfig) -> Context:
     rank = np.empty(len(items), np.int64)
     rank[order] = np.arange(len(items))
     ctx = Context(ws, config, items, rank)
-    if "semantic" in config.tiers or config.semdedup_eps:
+    if "semantic" in config.tiers or "verified" in config.tiers or config.semdedup_eps:
         ctx.model, note = _choose_model(ws, config.model)
         if note:
             ctx.notes.append(note)
@@ -492,7 +706,24 @@ def _load_context(ws: Workspace, config: DedupConfig) -> Context:
         if note:
             ctx.notes.append(note)
         if ctx.model is not None:
-            ids, ctx.matrix = EmbeddingStore.for_key(ws, ctx.model).load(verify=True)
+            ctx.verify_min_similarity = (
+                config.verify_min_similarity
+                if config.verify_min_similarity is not None
+                else VERIFY_MIN_SIMILARITY.get(ctx.model, VERIFY_MIN_SIMILARITY_FALLBACK)
+            )
+            ctx.undecided_min_similarity = (
+                config.undecided_min_similarity
+                if config.undecided_min_similarity is not None
+                else UNDECIDED_MIN_SIMILARITY.get(ctx.model, ctx.min_similarity)
+            )
+            store = EmbeddingStore.for_key(ws, ctx.model)
+            if store.preprocess != DEFAULT_PREPROCESS:
+                ctx.notes.append(
+                    f"{ctx.model} embeddings were computed with {store.preprocess} preprocessing, not the "
+                    f"default {DEFAULT_PREPROCESS} (the whole image): run `emo8 embed --model {ctx.model}` to "
+                    "re-embed; the thresholds were measured on whole-image embeddings"
+                )
+            ids, ctx.matrix = store.load(verify=True)
             ctx.embed_rows = pd.Index(ids).get_indexer(pd.Index(items.item_id)).astype(np.int64)
             missing = int((ctx.embed_rows < 0).sum())
             if missing:
@@ -535,17 +766,25 @@ def dedup(ws: Workspace, config: DedupConfig | None = None) -> DedupResult:
     n = len(ctx.items)
     parts = []
     found: dict[str, int] = {}
-    for name in config.tiers:
-        t0 = time.perf_counter()
-        i, j, score = TIERS[name].pairs(ctx)
-        parts.append((TIERS[name].code, i, j, score))
-        found[name] = len(i)
-        ctx.timings[name] = time.perf_counter() - t0
-        ctx.log(f"{name}: {len(i)} pairs in {ctx.timings[name]:.1f}s")
+    with stage_steps("dedup", [f"tier {t}" for t in config.tiers], config.progress) as done:
+        for name in config.tiers:
+            t0 = time.perf_counter()
+            i, j, score, *inliers = TIERS[name].pairs(ctx)
+            parts.append((TIERS[name].code, i, j, score, *inliers))
+            found[name] = len(i)
+            ctx.timings[name] = time.perf_counter() - t0
+            ctx.log(f"{name}: {len(i)} pairs in {ctx.timings[name]:.1f}s")
+            done(name)
     edges = Edges.build(parts)
     t0 = time.perf_counter()
     order = np.argsort(ctx.rank, kind="stable")
-    clusters = guarded_clusters(n, edges, order)
+    clusters = verified_clusters(
+        n,
+        edges,
+        order,
+        _confirmer(ctx),
+        config.min_links,
+    )
     ctx.timings["cluster"] = time.perf_counter() - t0
     semdedup_report = _semdedup(ctx, clusters, order) if config.semdedup_eps else None
     contamination = _contamination(ctx) if config.against else None
@@ -553,6 +792,7 @@ def dedup(ws: Workspace, config: DedupConfig | None = None) -> DedupResult:
     changed = 0
     if not config.dry_run:
         changed = _write(ws, ctx.items, frame)
+        write_pairs(ws, ctx.items.item_id.to_numpy(), edges, clusters)
         ws.config["dedup"] = {"model": ctx.model, "embed_min_similarity": ctx.min_similarity,
                               "phash_max_distance": config.phash_max_distance, "at": utc_now()}  # fmt: skip
         ws.save_config()
@@ -597,7 +837,7 @@ def _contamination(ctx: Context) -> dict[str, Any]:
     ref = load_reference(ctx.config.against, ctx)
     parts = []
     for name in _against_tiers(ctx.config):
-        i, j, score = TIERS[name].against(ctx, ref)
+        i, j, score, *_inliers = TIERS[name].against(ctx, ref)
         parts.append((TIERS[name].code, i, j, score))
     if parts:
         i = np.concatenate([p[1] for p in parts])
@@ -639,6 +879,14 @@ def _outcome(ctx: Context, clusters: Clusters, contamination: dict[str, Any] | N
         _TIER_NAMES[int(t)] if m else None for t, m in zip(clusters.tier, member, strict=True)
     ]
     frame["dup_score"] = np.where(member, np.round(clusters.score.astype(np.float64), 4), np.nan)
+    frame["dup_inliers"] = pd.Series(
+        [int(x) if m and x >= 0 else None for x, m in zip(clusters.inliers, member, strict=True)],
+        dtype=object,
+    )
+    frame["dup_via"] = [
+        str(ids[v]) if m and v >= 0 else None for v, m in zip(clusters.via, member, strict=True)
+    ]
+    frame["dup_links"] = np.where(member & (clusters.via >= 0), clusters.links, -1)  # report only, not stored
     frame["contaminated_by"] = items.contaminated_by.to_numpy()
     frame["contaminated_tier"] = items.contaminated_tier.to_numpy()
     frame["contaminated_score"] = items.contaminated_score.to_numpy()
@@ -670,6 +918,44 @@ def _outcome(ctx: Context, clusters: Clusters, contamination: dict[str, Any] | N
         for st, dt, ct in zip(frame.status, frame.dup_tier, frame.contaminated_tier, strict=True)
     ]
     return frame
+
+
+def write_pairs(ws: Workspace, item_ids: np.ndarray, edges: Edges, clusters: Clusters) -> Path:
+    """Write the confirmed duplicate pairs (every tier's matches, and each member with its canonical) to
+    ``dedup/pairs.parquet`` and the items this run considered to ``dedup/items.parquet`` (atomically): what
+    split, release and take-down read as "duplicate" (:func:`emo8.curation.dedup_pairs`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    member = np.flatnonzero(clusters.is_member & (clusters.via < 0))  # matched or verified with the canonical
+    a = np.r_[edges.i, member]
+    b = np.r_[edges.j, clusters.canonical[member]]
+    tier = np.r_[edges.tier, clusters.tier[member]]
+    score = np.r_[edges.score, clusters.score[member]]
+    inliers = np.r_[edges.inliers, clusters.inliers[member]]
+    keep = np.lexsort((-score, tier, np.maximum(a, b), np.minimum(a, b)))
+    lo, hi = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+    first = np.ones(len(lo), bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    sel = keep[first]  # one row per unordered pair, the strongest evidence
+    table = pa.table({
+        "a": pa.array(item_ids[np.minimum(a, b)[sel]].astype(str).tolist(), pa.string()),
+        "b": pa.array(item_ids[np.maximum(a, b)[sel]].astype(str).tolist(), pa.string()),
+        "tier": pa.array([_TIER_NAMES[int(t)] for t in tier[sel]], pa.string()),
+        "score": pa.array(score[sel].astype(np.float32)),
+        "inliers": pa.array(inliers[sel].astype(np.int32)),
+    })  # fmt: skip
+    path = ws.root / PAIRS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, data in ((path, table), (ws.root / PAIRS_ITEMS_FILE,
+                                         pa.table({"item_id": pa.array(item_ids.astype(str).tolist())}))):  # fmt: skip
+        ws.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=ws.tmp_dir, prefix=".pairs-")
+        os.close(fd)
+        pq.write_table(data, name)
+        os.chmod(name, 0o644)
+        os.replace(name, target)
+    return path
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -740,6 +1026,18 @@ def _report(
             "contaminated_items": int((frame.status == "contaminated").sum()),
         },
         "changed_items": changed,
+        "verification": {
+            **ctx.verification,
+            "grey_zone": {
+                "min_similarity": ctx.verify_min_similarity,
+                "phash_max_distance": config.verify_phash_max_distance,
+                "k": config.verification.k,
+            },
+            "undecided_min_similarity": ctx.undecided_min_similarity,
+            "min_links": config.min_links,
+            "members_via_links": int((clusters.via >= 0).sum()),
+            "settings": asdict(config.verification),
+        },
         "notes": ctx.notes,
         "timings": {k: round(v, 3) for k, v in ctx.timings.items()},
         "search": asdict(config.search),

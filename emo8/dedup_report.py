@@ -7,16 +7,14 @@ mailed or archived alone. Size is bounded by ``max_clusters`` x ``max_members``.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from typing import Any
 
 import jinja2
 import numpy as np
 import pandas as pd
 
-from emo8.imaging import load_rgb
+from emo8 import reporting
 from emo8.sources import read_local
 from emo8.workspace import Workspace
 
@@ -31,7 +29,8 @@ h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.5em}
 table.s{border-collapse:collapse} table.s td{padding:2px 10px 2px 0}
 .cluster{border:1px solid #ccc;border-radius:6px;margin:10px 0;padding:8px}
 .row{display:flex;flex-wrap:wrap;gap:8px}
-figure{margin:0;width:{{ side }}px;font-size:11px;word-break:break-all}
+figure{margin:0;width:{{ side }}px;font-size:11px;overflow-wrap:anywhere}
+code{color:#777;font-size:10px}.none{color:#999}
 figure img{max-width:{{ side }}px;max-height:{{ side }}px;display:block;border:2px solid #ddd}
 figure.canon img{border-color:#2a7}
 .t-exact{color:#06c}.t-perceptual{color:#a60}.t-semantic{color:#a0a}.t-semdedup{color:#777}
@@ -50,8 +49,8 @@ figure.canon img{border-color:#2a7}
 <h2>Contaminated: matches of the reference set ({{ n_contaminated }}{% if n_contaminated > contaminated|length %},
 first {{ contaminated|length }} shown{% endif %})</h2>
 {% for c in contaminated %}<div class="cluster"><div class="row">
-<figure><img src="{{ c.thumb }}" alt=""><figcaption class="t-contaminated">{{ c.item_id }}<br>
-{{ c.tier }} {{ c.score }}</figcaption></figure>
+<figure><img src="{{ c.thumb }}" alt=""><figcaption><span class="t-contaminated">{{ c.tier }} {{ c.score }}</span>
+<br>{{ c.name | safe }}<br><code>{{ c.item_id }}</code></figcaption></figure>
 {% if c.ref_thumb %}<figure><img src="{{ c.ref_thumb }}" alt=""><figcaption>reference<br>{{ c.ref }}</figcaption>
 </figure>{% else %}<figure><figcaption>{{ c.ref }}</figcaption></figure>{% endif %}
 </div></div>{% endfor %}
@@ -59,10 +58,13 @@ first {{ contaminated|length }} shown{% endif %})</h2>
 <h2>Clusters, largest first ({{ clusters|length }} of {{ report["clusters"] }} shown)</h2>
 {% for cl in clusters %}<div class="cluster"><div>cluster of {{ cl.size }}{% if cl.size > cl.members|length + 1 %}
 ({{ cl.members|length }} members shown){% endif %}</div><div class="row">
-<figure class="canon"><img src="{{ cl.canon.thumb }}" alt=""><figcaption>canonical {{ cl.canon.item_id }}<br>
-{{ cl.canon.size }}</figcaption></figure>
-{% for m in cl.members %}<figure><img src="{{ m.thumb }}" alt=""><figcaption class="t-{{ m.tier }}">
-{{ m.item_id }}<br>{{ m.tier }} {{ m.score }}<br>{{ m.size }}</figcaption></figure>{% endfor %}
+<figure class="canon"><img src="{{ cl.canon.thumb }}" alt=""><figcaption><b>canonical</b> {{ cl.canon.name | safe }}
+<br>{{ cl.canon.size }} <code>{{ cl.canon.item_id }}</code></figcaption></figure>
+{% for m in cl.members %}<figure><img src="{{ m.thumb }}" alt=""><figcaption><span class="t-{{ m.tier }}">{{ m.tier }}
+{{ m.score }}</span>{% if m.inliers %} {{ m.inliers }} inliers{% endif %}
+{% if m.via %}<br>via {{ m.via }} ({{ m.links }} links){% endif %}<br>{{ m.name | safe }}
+<br>{{ m.size }} <code>{{ m.item_id }}</code></figcaption></figure>
+{% endfor %}
 </div></div>{% endfor %}
 </body></html>
 """,
@@ -72,19 +74,20 @@ first {{ contaminated|length }} shown{% endif %})</h2>
 
 def thumbnail(source: bytes | str) -> str:
     """Return a ``data:`` URI of a small JPEG of ``source`` (bytes or path); empty when unreadable."""
-    try:
-        image = load_rgb(source, max_side=THUMB_SIDE)
-    except Exception:
-        return ""
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=70)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return reporting.thumbnail(source, THUMB_SIDE, 70)
 
 
 def _size(width: Any, height: Any) -> str:
     if pd.isna(width) or pd.isna(height):
         return ""
     return f"{int(width)}x{int(height)}"
+
+
+def _evidence(value: Any) -> str:
+    """An integer piece of evidence (inliers of geometric verification, links), empty when absent."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or int(value) < 0:
+        return ""
+    return str(int(value))
 
 
 def _score(value: Any) -> str:
@@ -106,8 +109,13 @@ def render_html(
     }
     dims = {str(i): _size(w, h) for i, w, h in zip(items.item_id, items.width, items.height, strict=True)}
 
+    names = reporting.item_lookup(ws, list(paths))
+
     def thumb(item_id: str) -> str:
         return thumbnail(paths[item_id])
+
+    def name(item_id: str) -> str:
+        return reporting.name_html(names.get(item_id))
 
     members = frame[frame.dup_of.notna()]
     sizes = members.groupby("dup_of").size().sort_values(ascending=False, kind="stable")
@@ -117,13 +125,22 @@ def render_html(
         clusters.append(
             {
                 "size": int(size) + 1,
-                "canon": {"item_id": str(canon), "thumb": thumb(str(canon)), "size": dims[str(canon)]},
+                "canon": {
+                    "item_id": str(canon),
+                    "thumb": thumb(str(canon)),
+                    "size": dims[str(canon)],
+                    "name": name(str(canon)),
+                },
                 "members": [
                     {
                         "item_id": str(r.item_id),
                         "thumb": thumb(str(r.item_id)),
+                        "name": name(str(r.item_id)),
                         "tier": r.dup_tier,
                         "score": _score(r.dup_score),
+                        "inliers": _evidence(getattr(r, "dup_inliers", None)),
+                        "via": str(r.dup_via) if isinstance(getattr(r, "dup_via", None), str) else "",
+                        "links": _evidence(getattr(r, "dup_links", None)),
                         "size": dims[str(r.item_id)],
                     }
                     for r in rows.itertuples()
@@ -144,6 +161,7 @@ def render_html(
             {
                 "item_id": str(r.item_id),
                 "thumb": thumb(str(r.item_id)),
+                "name": name(str(r.item_id)),
                 "tier": r.contaminated_tier or "",
                 "score": _score(r.contaminated_score),
                 "ref": ref,

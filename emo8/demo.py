@@ -100,15 +100,15 @@ def run(root: Path) -> int:
                 )  # fmt: skip
             writer.writerow([f"{base_url}/images/missing.jpg", "a dead link", "", "", "", ""])
         emo8("ingest", "urls", str(url_list), "-w", workspace, "--allow-private-networks", "--quiet")
-    emo8("embed", "-w", workspace, "--model", "efficientnet-lite0", "--quiet")  # dedup (issue 3)
-    emo8("dedup", "-w", workspace)
-    # Suggest and select (issue 4). Offline there is no CLIP text tower, so suggestions are kNN votes (and a probe
+    emo8("embed", "-w", workspace, "--model", "efficientnet-lite0", "--quiet")  # dedup
+    emo8("dedup", "-w", workspace, "--quiet")
+    # Suggest and select. Offline there is no CLIP text tower, so suggestions are kNN votes (and a probe
     # once classes have 5 labels) learnt from the URL list's stand-in weak labels.
     print("\n# suggestions learn from the stand-in weak labels (categories as emotions)", flush=True)
     emo8("suggest", "-w", workspace, "--model", "efficientnet-lite0", "--quiet")
     emo8("select", "-w", workspace, "--budget", "10", "--round", "round-1")
-    emo8("detect-people", "-w", workspace, "--backend", "opencv-hog", "--quiet")
-    # Annotate (issue 5). A live round runs in a Label Studio server (`emo8 annotate serve`, `push`, `pull`); the
+    emo8("detect-people", "-w", workspace, "--quiet")
+    # Annotate. A live round runs in a Label Studio server (`emo8 annotate serve`, `push`, `pull`); the
     # offline demo imports a Label Studio JSON export of round-1 answered by three SIMULATED annotators instead.
     export = incoming / "round-1-export.json"
     write_simulated_export(Path(workspace), "round-1", export)
@@ -117,19 +117,55 @@ def run(root: Path) -> int:
     )
     emo8("annotate", "import", str(export), "--round", "round-1", "-w", workspace)
     emo8("annotate", "aggregate", "-w", workspace)
-    # Curation (issue 6): leak-free splits, a release, the audit. No annotation round has settled labels in the
+    # Curation: leak-free splits, a release, the audit. No annotation round has settled labels in the
     # demo, so the release is a bootstrap from the URL list's weak labels, and says so.
-    emo8("split", "-w", workspace)
+    emo8("split", "-w", workspace, "--quiet")
     print(
         "\n# BOOTSTRAP RELEASE: weak labels from the URL list (stand-ins), not settled annotations",
         flush=True,
     )
-    emo8("release", "-w", workspace, "--version", "0.1.0", "--allow-weak-labels", "--format", "both")
-    emo8("audit", "-w", workspace)
+    emo8(
+        "release", "-w", workspace, "--version", "0.1.0", "--allow-weak-labels", "--format", "both", "--quiet"
+    )
+    emo8("audit", "-w", workspace, "--quiet")
     emo8("status", "-w", workspace)
     pretrain_on_release(root / "workspace" / "releases" / "0.1.0", root / "uniemox")
-    print(f"\ndemo workspace: {workspace}")
+    print("\n" + "\n".join(summary_lines(Path(workspace))), flush=True)
     return 0
+
+
+def summary_lines(workspace: Path) -> list[str]:
+    """The demo's closing summary: the key numbers (items in, rejected, duplicates, labelled, per split) and where
+    each report and release lies."""
+    from emo8.status import workspace_status
+    from emo8.workspace import Workspace
+
+    ws = Workspace.open(workspace)
+    status = workspace_status(ws)
+    counts = status.status
+    rejected = {k: v for k, v in counts.items() if k in ("invalid", "failed", "skipped")}
+    labels = status.labels
+    lines = [
+        "# Summary",
+        f"items in:    {status.items} (valid {status.valid})",
+        f"rejected:    {sum(rejected.values())}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(rejected.items()))})" if rejected else ""),
+        f"duplicates:  {counts.get('duplicate', 0)} (contaminated {counts.get('contaminated', 0)})",
+        f"labelled:    {labels.get('settled annotation', 0)} settled by annotation, "
+        f"{labels.get('unsettled annotation', 0)} annotated but unsettled, "
+        f"{labels.get('imported label', 0)} imported, {labels.get('weak label only', 0)} weak label only",
+        "splits:      " + (", ".join(f"{k} {v}" for k, v in status.splits.items()) or "none"),
+    ]
+    for release in status.releases:
+        lines.append(
+            f"release {release.version}: {release.images} images ("
+            + ", ".join(f"{k} {v}" for k, v in release.splits.items())
+            + f"); card {Path(release.path) / 'README.md'}"
+        )
+    lines.append("reports:")
+    lines += [f"  {path}" for path in status.reports]
+    lines.append(f"workspace:   {ws.root}")
+    return lines
 
 
 def write_simulated_export(workspace: Path, round_name: str, path: Path) -> None:
@@ -162,7 +198,7 @@ def write_simulated_export(workspace: Path, round_name: str, path: Path) -> None
 
 
 def pretrain_on_release(release: Path, out: Path) -> None:
-    """UniEmoX (issue 7): a few CPU steps of a tiny student on the demo release.
+    """UniEmoX: a few CPU steps of a tiny student on the demo release.
 
     No CLIP weights can be had offline, so the teacher is a tiny, RANDOMLY initialised CLIP, asked for explicitly;
     real runs use ``--teacher ViT-B-16 --teacher-pretrained openai`` (the default).

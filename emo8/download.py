@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import ipaddress
 import math
 import random
@@ -40,6 +41,7 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
     Callable,
     Iterable,
     Mapping,
@@ -58,6 +60,7 @@ from emo8.robots import MAX_ROBOTS_BYTES, RobotsRules, parse_robots_txt, x_robot
 __all__ = [
     "REASONS",
     "AddressFilter",
+    "Clock",
     "DownloadConfig",
     "FetchRequest",
     "FetchResult",
@@ -208,6 +211,21 @@ def backoff_delay(attempt: int, config: DownloadConfig, retry_after: float | Non
     return delay
 
 
+@dataclass(frozen=True)
+class Clock:
+    """Time source of the politeness gates, the back-off and the robots.txt cache: ``now()`` in monotonic
+    seconds and ``sleep(seconds)``. :meth:`loop` (the default) is the event loop's clock; tests pass a
+    virtual one to check the schedule without waiting for it."""
+
+    now: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+
+    @classmethod
+    def loop(cls) -> Clock:
+        """The running event loop's clock and :func:`asyncio.sleep`."""
+        return cls(lambda: asyncio.get_running_loop().time(), asyncio.sleep)
+
+
 class _Fail(Exception):
     """A classified failure inside the downloader (never escapes the module)."""
 
@@ -230,6 +248,7 @@ class _BlockedAddressError(OSError):
     """Raised by :class:`GuardedResolver` when every address of a host is refused."""
 
 
+@functools.lru_cache(maxsize=65536)  # hosts repeat; parsing an address is a noticeable share of a request
 def _ip(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
@@ -357,22 +376,23 @@ class _Host:
 
     sem: asyncio.Semaphore
     interval: float
+    clock: Clock
     next_start: float = 0.0
     not_before: float = 0.0
     users: int = 0  # requests holding or waiting for this gate; an idle gate is dropped
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def turn(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self.interval <= 0.0 and loop.time() >= self.not_before:
+        now = self.clock.now
+        if self.interval <= 0.0 and now() >= self.not_before:
             return
         async with self.lock:  # FIFO: waiters start one interval apart
-            while (wait := max(self.next_start, self.not_before) - loop.time()) > 0:
-                await asyncio.sleep(wait)
-            self.next_start = loop.time() + self.interval
+            while (wait := max(self.next_start, self.not_before) - now()) > 0:
+                await self.clock.sleep(wait)
+            self.next_start = now() + self.interval
 
     def pause(self, seconds: float) -> None:
-        self.not_before = max(self.not_before, asyncio.get_running_loop().time() + seconds)
+        self.not_before = max(self.not_before, self.clock.now() + seconds)
 
     def idle(self, now: float) -> bool:
         return self.users == 0 and now >= max(self.next_start, self.not_before)
@@ -383,20 +403,26 @@ class _RobotsEntry:
     """A robots.txt verdict (or its fetch in progress) for one origin, valid until ``expires``."""
 
     task: asyncio.Task[RobotsRules | tuple[str, str]]
+    clock: Clock
     expires: float = math.inf
 
     def finished(self, task: asyncio.Task[RobotsRules | tuple[str, str]]) -> None:
         good = not task.cancelled() and task.exception() is None and isinstance(task.result(), RobotsRules)
-        self.expires = asyncio.get_running_loop().time() + (_ROBOTS_TTL if good else _ROBOTS_RETRY_TTL)
+        self.expires = self.clock.now() + (_ROBOTS_TTL if good else _ROBOTS_RETRY_TTL)
 
 
 class _Fetcher:
     """State of one batch: the session, per-host gates and the robots.txt cache."""
 
     def __init__(
-        self, config: DownloadConfig, resolver: AbstractResolver | None, allow: AddressFilter | None
+        self,
+        config: DownloadConfig,
+        resolver: AbstractResolver | None,
+        allow: AddressFilter | None,
+        clock: Clock | None = None,
     ):
         self.config = config
+        self._clock = clock or Clock.loop()
         self._resolver = resolver
         self._allow = None if config.allow_private_networks else (allow or is_public_address)
         self._global = asyncio.Semaphore(config.max_concurrency)
@@ -442,7 +468,9 @@ class _Fetcher:
         gate = self._hosts.get(name)
         if gate is None:
             rate = self.config.per_host_rate
-            gate = _Host(asyncio.Semaphore(self.config.per_host_concurrency), 1.0 / rate if rate else 0.0)
+            gate = _Host(
+                asyncio.Semaphore(self.config.per_host_concurrency), 1.0 / rate if rate else 0.0, self._clock
+            )
             self._hosts[name] = gate
         return gate
 
@@ -455,7 +483,7 @@ class _Fetcher:
             return await self._get_through(gate, url, limit, truncate, x_robots)
         finally:
             gate.users -= 1
-            if gate.idle(asyncio.get_running_loop().time()):
+            if gate.idle(self._clock.now()):
                 self._hosts.pop(url.raw_host, None)
 
     async def _get_through(self, gate: _Host, url: URL, limit: int, truncate: bool, x_robots: bool) -> _Reply:
@@ -500,9 +528,10 @@ class _Fetcher:
         origin = url.origin()
         key = str(origin)
         entry = self._robots.get(key)
-        if entry is None or asyncio.get_running_loop().time() > entry.expires:
+        if entry is None or self._clock.now() > entry.expires:
             self._robots.pop(key, None)  # (re-)insert at the end: the dict is oldest first
-            entry = self._robots[key] = _RobotsEntry(asyncio.create_task(self._load_robots(origin)))
+            task = asyncio.create_task(self._load_robots(origin))
+            entry = self._robots[key] = _RobotsEntry(task, self._clock)
             entry.task.add_done_callback(entry.finished)
             if len(self._robots) > _ROBOTS_CACHE_SIZE:
                 oldest = next(iter(self._robots))
@@ -520,7 +549,7 @@ class _Fetcher:
         fail = _Fail("robots_txt", "robots.txt not fetched")
         for attempt in range(cfg.retries + 1):
             if attempt:
-                await asyncio.sleep(backoff_delay(attempt, cfg, fail.retry_after))
+                await self._clock.sleep(backoff_delay(attempt, cfg, fail.retry_after))
             url = origin.with_path("/robots.txt")
             try:
                 for _ in range(5 + 1):
@@ -611,7 +640,7 @@ class _Fetcher:
             res.reason, res.error = fail.reason, fail.error
             if not fail.retryable or attempt == self.config.retries:
                 break
-            await asyncio.sleep(backoff_delay(attempt + 1, self.config, fail.retry_after))
+            await self._clock.sleep(backoff_delay(attempt + 1, self.config, fail.retry_after))
         return res
 
 
@@ -654,13 +683,14 @@ async def _fetch_indexed(
     config: DownloadConfig,
     resolver: AbstractResolver | None,
     address_filter: AddressFilter | None,
+    clock: Clock | None = None,
 ) -> AsyncIterator[tuple[int, FetchResult]]:
     """Yield ``(input position, result)`` in completion order, keeping at most ``2 * max_concurrency``
     requests taken from the input and not yet yielded."""
     window = max(2 * config.max_concurrency, 1)
     finished: asyncio.Queue[tuple[int, FetchResult]] = asyncio.Queue()
     tasks: set[asyncio.Task[None]] = set()
-    async with _Fetcher(config, resolver, address_filter) as fetcher:
+    async with _Fetcher(config, resolver, address_filter, clock) as fetcher:
 
         async def run(index: int, request: FetchRequest) -> None:
             try:
@@ -704,16 +734,18 @@ async def fetch_stream(
     *,
     resolver: AbstractResolver | None = None,
     address_filter: AddressFilter | None = None,
+    clock: Clock | None = None,
 ) -> AsyncGenerator[FetchResult, None]:
     """Fetch requests concurrently and yield their results as they complete.
 
     The input (sync or async iterable) is consumed lazily: at most ``2 * max_concurrency`` requests are
     taken but not yet yielded. Every request yields exactly one result, duplicates included. ``resolver``
     replaces the system DNS (e.g. :class:`StaticResolver`) and ``address_filter`` replaces
-    :func:`is_public_address` as the SSRF policy; both are for tests and special deployments. Leaving the
+    :func:`is_public_address` as the SSRF policy, and ``clock`` the time source of rate limits and back-off
+    (:class:`Clock`); these are for tests and special deployments. Leaving the
     loop early cancels the outstanding requests (close the generator, e.g. with ``contextlib.aclosing``).
     """
-    async for _, result in _fetch_indexed(requests, config, resolver, address_filter):
+    async for _, result in _fetch_indexed(requests, config, resolver, address_filter, clock):
         yield result
 
 
@@ -723,6 +755,7 @@ def fetch_all(
     *,
     resolver: AbstractResolver | None = None,
     address_filter: AddressFilter | None = None,
+    clock: Clock | None = None,
 ) -> list[FetchResult]:
     """Synchronous :func:`fetch_stream`: runs its own event loop and returns the results in input order.
 
@@ -730,7 +763,7 @@ def fetch_all(
     """
 
     async def collect() -> list[FetchResult]:
-        pairs = [pair async for pair in _fetch_indexed(requests, config, resolver, address_filter)]
+        pairs = [pair async for pair in _fetch_indexed(requests, config, resolver, address_filter, clock)]
         pairs.sort(key=lambda pair: pair[0])
         return [result for _, result in pairs]
 

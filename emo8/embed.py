@@ -2,7 +2,7 @@
 
 Layout of one model key's store (``<workspace>/embeddings/<safe key>/``, see :func:`emo8.encoders.safe_key`)::
 
-    manifest.json              key, dim, dtype, the encoder's fingerprint, and one entry per committed shard
+    manifest.json              key, dim, dtype, the encoder's fingerprint, the preprocessing, one entry per shard
     shard-000000.npy           (rows, dim) float16 or float32, L2-normalised rows
     shard-000000.ids.parquet   one column ``item_id``: row i of the .npy is that item
 
@@ -12,6 +12,11 @@ run removes the orphan files and recomputes what they held. The manifest records
 shard: :func:`load_embeddings` refuses a shard whose bytes changed (:class:`EmbeddingStoreError`), and
 :func:`embed` quarantines such a shard (renamed ``*.corrupt``) and recomputes its items. After a run the shards
 are compacted into one, so that :func:`load_embeddings` returns one ``np.memmap``.
+
+The manifest records the preprocessing (:data:`emo8.encoders.PREPROCESSING`; by default ``letterbox``: the whole
+image, padded to a square). Embeddings computed with another preprocessing (stores written before it was recorded
+used the model's centre crop) are not comparable: :func:`embed` with a different preprocessing recomputes the
+store from scratch.
 
 :func:`embed` is incremental: it embeds only the items (``valid``, ``duplicate`` or ``contaminated``, i.e. every
 item whose bytes passed validation) that the store lacks. Items are processed in catalog order in batches that a
@@ -41,13 +46,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from emo8.catalog import utc_now
-from emo8.encoders import DEFAULT_MODEL, Encoder, EncoderSpec, load_encoder, safe_key
+from emo8.encoders import DEFAULT_MODEL, DEFAULT_PREPROCESS, Encoder, EncoderSpec, load_encoder, safe_key
+from emo8.executor import ExecutorConfig, get_executor
 from emo8.imaging import load_rgb
 from emo8.workspace import Workspace
 
 #: Item statuses whose bytes passed validation, hence get an embedding.
 EMBEDDABLE_STATUSES = ("valid", "duplicate", "contaminated")
 MANIFEST = "manifest.json"
+#: The preprocessing of stores whose manifest does not record one (the model's own centre-crop transform).
+LEGACY_PREPROCESS = "center-crop"
 STORE_FORMAT = 1
 _DTYPES = ("float16", "float32")
 
@@ -76,6 +84,9 @@ class EmbedConfig:
         ``"float16"`` (half the disk and memory, cosine error ~1e-3) or ``"float32"``.
     compact
         Merge the shards into one at the end of a run (so loading is one memory map).
+    preprocess
+        Image preprocessing (:data:`emo8.encoders.PREPROCESSING`), recorded in the store; a store computed with
+        another one is recomputed.
     progress
         Show a progress bar.
     """
@@ -89,7 +100,10 @@ class EmbedConfig:
     shard_size: int = 8192
     dtype: str = "float16"
     compact: bool = True
+    preprocess: str = DEFAULT_PREPROCESS
     progress: bool = True
+    #: where the batches are encoded (:mod:`emo8.executor`); the store is always written here, in batch order
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def spec(self) -> EncoderSpec:
         return EncoderSpec(self.model, self.weights, self.random_init, self.device)
@@ -108,6 +122,8 @@ class EmbedSummary:
     failed: list[str] = field(default_factory=list)
     repaired_shards: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    preprocess: str = DEFAULT_PREPROCESS
+    reset: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +135,8 @@ class EmbedSummary:
             "total": self.total,
             "failed": self.failed,
             "repaired_shards": self.repaired_shards,
+            "preprocess": self.preprocess,
+            "reset": self.reset,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.new / self.seconds, 1) if self.seconds and self.new else None,
         }
@@ -191,10 +209,22 @@ class EmbeddingStore:
         os.close(fd)
         return Path(name)
 
-    def open(self, encoder: Encoder, dtype: str, info: dict[str, Any]) -> None:
-        """Create the store for ``encoder`` or check that the existing one was computed by the same weights."""
+    @property
+    def preprocess(self) -> str:
+        """The preprocessing the stored rows were computed with."""
+        return str(self.manifest.get("preprocess", LEGACY_PREPROCESS))
+
+    def open(
+        self, encoder: Encoder, dtype: str, info: dict[str, Any], preprocess: str = DEFAULT_PREPROCESS
+    ) -> str | None:
+        """Create the store for ``encoder`` or check that the existing one was computed by the same weights.
+
+        A store computed with another ``preprocess`` is emptied (its shards deleted) so that every item is
+        embedded again; the return value says so (None when nothing was reset).
+        """
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}")
+        reset = None
         if self.exists():
             m = self.manifest
             if m.get("fingerprint") != encoder.fingerprint or m.get("dim") != encoder.dim:
@@ -203,7 +233,11 @@ class EmbeddingStore:
                     f"({m.get('fingerprint')}, dim {m.get('dim')}) than these ({encoder.fingerprint}, "
                     f"dim {encoder.dim}); use the same weights, or delete that directory to start over"
                 )
-            return
+            if self.preprocess == preprocess:
+                return None
+            reset = f"preprocessing changed from {self.preprocess} to {preprocess}: every item is re-embedded"
+            for path in self.root.glob("shard-*"):
+                path.unlink(missing_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self._save_manifest(
             {
@@ -213,11 +247,13 @@ class EmbeddingStore:
                 "dtype": dtype,
                 "fingerprint": encoder.fingerprint,
                 "encoder": info,
+                "preprocess": preprocess,
                 "created_at": utc_now(),
                 "next_shard": 0,
                 "shards": [],
             }
         )
+        return reset
 
     # -- shards
 
@@ -407,6 +443,11 @@ def stored_models(ws: Workspace) -> list[str]:
     return keys
 
 
+def store_preprocess(ws: Workspace, key: str) -> str:
+    """The preprocessing the store of ``key`` was computed with (to embed more images the same way)."""
+    return EmbeddingStore.for_key(ws, key).preprocess
+
+
 def store_spec(ws: Workspace, key: str, device: str = "auto") -> EncoderSpec:
     """Return the :class:`EncoderSpec` that produced the store of ``key`` (to embed more images the same way)."""
     info = EmbeddingStore.for_key(ws, key).manifest.get("encoder", {})
@@ -451,12 +492,14 @@ def iter_embeddings(
     read: Callable[[Any], bytes | str | os.PathLike[str]] = lambda s: s,
     batch_size: int = 64,
     workers: int = 0,
+    preprocess: str = DEFAULT_PREPROCESS,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(indices, ok, embeddings)`` per batch for ``sources`` (paths, or anything ``read`` turns into
-    bytes or a path), decoded by ``workers`` DataLoader processes; embeddings are float32, L2-normalised, and
-    rows with ``ok == False`` (unreadable images) are zeros.
+    bytes or a path), decoded by ``workers`` DataLoader processes and transformed by ``preprocess``
+    (:data:`emo8.encoders.PREPROCESSING`); embeddings are float32, L2-normalised, and rows with ``ok == False``
+    (unreadable images) are zeros.
     """
-    dataset = _ImageDataset(sources, read, encoder.preprocess, max_side=1024)
+    dataset = _ImageDataset(sources, read, encoder.preprocessor(preprocess), max_side=1024)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -478,11 +521,12 @@ def encode_sources(
     read: Callable[[Any], bytes | str | os.PathLike[str]] = lambda s: s,
     batch_size: int = 64,
     workers: int = 0,
+    preprocess: str = DEFAULT_PREPROCESS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(ok, embeddings)`` for all ``sources`` at once (for small sets; see :func:`iter_embeddings`)."""
     out = np.zeros((len(sources), encoder.dim), dtype=np.float32)
     ok_all = np.zeros(len(sources), dtype=bool)
-    for index, ok, feats in iter_embeddings(encoder, sources, read, batch_size, workers):
+    for index, ok, feats in iter_embeddings(encoder, sources, read, batch_size, workers, preprocess):
         out[index] = feats
         ok_all[index] = ok
     return ok_all, out
@@ -516,8 +560,10 @@ def embed(ws: Workspace, config: EmbedConfig | None = None, encoder: Encoder | N
     encoder = encoder or load_encoder(config.spec())
     store = EmbeddingStore.for_key(ws, config.model)
     info = {"weights": config.weights, "random_init": config.random_init, "seed": 0}
-    store.open(encoder, config.dtype, info)
+    encoder.preprocessor(config.preprocess)  # an unknown name fails before the store is touched
+    reset = store.open(encoder, config.dtype, info, config.preprocess)
     summary = EmbedSummary(config.model, str(store.root), str(encoder.device), encoder.dim)
+    summary.preprocess, summary.reset = config.preprocess, reset
     store.remove_orphans()
     summary.repaired_shards = store.verify()
     store.quarantine(summary.repaired_shards)
@@ -541,8 +587,7 @@ def embed(ws: Workspace, config: EmbedConfig | None = None, encoder: Encoder | N
         pending = 0
 
     with _progress(config.progress, len(todo), config.model) as progress:
-        for index, ok, feats in iter_embeddings(encoder, paths, batch_size=config.batch_size,
-                                                workers=config.workers):  # fmt: skip
+        for index, ok, feats in get_executor(config.executor).embed_batches(encoder, paths, config):
             ids_buf.extend(todo.item_id.iloc[index[ok]].tolist())
             vec_buf.append(feats[ok])
             summary.failed.extend(todo.item_id.iloc[index[~ok]].tolist())

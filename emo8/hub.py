@@ -40,7 +40,12 @@ OFFICIAL_ENDPOINT = "https://huggingface.co"
 
 
 class PushError(RuntimeError):
-    """A push that cannot be done (no token, no such release, a tag with other content...)."""
+    """A push that cannot be done (no token, no such release, a tag with other content, the Hub failing...)."""
+
+
+class PushInputError(PushError):
+    """A push refused before or without the Hub failing: no token, no such release, a changed release, or a
+    published tag with other content (the command must change; exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,7 @@ def resolve_token(explicit: str | None = None) -> str:
 
     token = get_token()
     if not token:
-        raise PushError(
+        raise PushInputError(
             "no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)"
         )
     return token
@@ -214,16 +219,16 @@ def push_release(ws: Workspace, config: PushConfig) -> PushResult:
     release_dir = config.release_dir or ws.releases_dir / config.version
     manifest_path = release_dir / "manifest.json"
     if not manifest_path.is_file():
-        raise PushError(
+        raise PushInputError(
             f"no release {config.version} at {release_dir}; run `emo8 release --version {config.version}`"
         )
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("version") != config.version:
-        raise PushError(f"{manifest_path} is not release {config.version}")
+        raise PushInputError(f"{manifest_path} is not release {config.version}")
     local = release_files(release_dir)
     tampered = verify_release(local, manifest)
     if tampered:
-        raise PushError(
+        raise PushInputError(
             f"release {config.version} at {release_dir} does not match its manifest ({'; '.join(tampered[:5])}): "
             "it was changed after `emo8 release` wrote it; write it again (--overwrite) or restore it"
         )
@@ -251,7 +256,7 @@ def _push(config: PushConfig, endpoint: str | None, token: str, local: dict[str,
     if tag in existing:
         problems = _mismatches(local, _remote_files(api, repo_id, tag))
         if problems:
-            raise PushError(
+            raise PushInputError(
                 f"{repo_id} already has {tag} with different content ({'; '.join(problems[:5])}); "
                 "a published version is immutable: release and push a new version"
             )

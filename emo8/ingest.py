@@ -10,6 +10,7 @@ leaves the unfinished items ``pending``; the next run picks them up, so every or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import multiprocessing
@@ -26,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from emo8.catalog import SIGNAL_COLUMNS, ItemOutcome, OriginRecord
 from emo8.download import DownloadConfig, FetchRequest, FetchResult, fetch_stream
+from emo8.executor import ExecutorConfig, get_executor
 from emo8.imaging import ImageInfo, ValidationConfig, inspect_image
 from emo8.sources import Source, read_local
 from emo8.takedown import enforce
@@ -33,6 +35,8 @@ from emo8.workspace import ObjectStore, Workspace
 
 #: Fetch failures that are a site's policy (or our SSRF guard), not an error: recorded as ``skipped``.
 POLICY_REASONS = frozenset({"robots_txt", "x_robots_tag", "private_address"})
+#: Failed or invalid items an :class:`IngestSummary` names one by one (all of them are counted).
+FAILURES_NAMED = 5
 
 
 @dataclass
@@ -48,6 +52,8 @@ class IngestOptions:
     retry_failed: bool = False
     register_chunk: int = 5000
     progress: bool = True
+    #: where fetching and validation run (:mod:`emo8.executor`); the catalog is always written here
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 @dataclass
@@ -63,7 +69,17 @@ class IngestSummary:
     taken_down: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
+    #: The first :data:`FAILURES_NAMED` failed or invalid items: ``(URL or file, reason, detail)``.
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
     seconds: float = 0.0
+
+    def count(self, status: str, reason: str | None, where: str, error: str | None) -> None:
+        """Count one item's outcome; name it if it is among the first few failures."""
+        self.statuses[status] += 1
+        if reason:
+            self.reasons[reason] += 1
+        if status in ("failed", "invalid") and len(self.failures) < FAILURES_NAMED:
+            self.failures.append((where, reason or status, (error or "")[:200]))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +92,7 @@ class IngestSummary:
             "taken_down": self.taken_down,
             "statuses": dict(self.statuses),
             "reasons": dict(self.reasons),
+            "failures": [list(f) for f in self.failures],
             "seconds": round(self.seconds, 3),
             "items_per_second": round(self.processed / self.seconds, 1) if self.seconds else None,
         }
@@ -88,12 +105,19 @@ def ingest(ws: Workspace, source: Source, options: IngestOptions | None = None) 
     finishes what was pending. Returns an :class:`IngestSummary`.
     """
     options = options or IngestOptions()
+    get_executor(options.executor)  # an unknown or unavailable executor fails before anything is registered
     summary = IngestSummary(source=source.name)
     started = time.perf_counter()
     for chunk in _chunked(source.records(), options.register_chunk):
+        # rows a source already knows to be unusable (e.g. malformed URL-list rows) are outcomes of this run too
+        settled = [r for r in chunk if r.status != "pending"]
+        fresh = _unknown_origins(ws, settled)
         new, known = ws.catalog.register(chunk)
         summary.new += new
         summary.known += known
+        for record in fresh:
+            where = record.url or record.source_path or record.origin_key
+            summary.count(record.status, record.reason, where, record.error)
     process_pending(ws, source.name, options, summary)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -123,15 +147,12 @@ def process_pending(
         summary.seconds += time.perf_counter() - started
         return summary
     sink = _OutcomeSink(ws, options.commit_every, summary)
-    remote = pending[pending.url.notna()]
-    local = pending[pending.url.isna() & pending.source_path.notna()]
-    with _progress(options.progress, len(pending)) as progress, _decode_pool(options.workers) as pool:
+    sink.where = dict(zip(pending.item_id, pending.url.fillna(pending.source_path).fillna(""), strict=True))
+    executor = get_executor(options.executor)
+    with _progress(options.progress, len(pending)) as progress:
         sink.progress = progress
         try:
-            if len(local):
-                _process_local(ws, local, options, pool, sink)
-            if len(remote):
-                asyncio.run(_process_remote(ws, remote, options, pool, sink))
+            executor.ingest_pending(ws, pending, options, sink)
         finally:
             sink.flush()
     # copies of images taken down earlier never stay: removed now, and purged bytes that came back deleted again
@@ -153,12 +174,68 @@ class Checked:
     read_failure: tuple[str, str] | None = None
 
 
-def check_and_store(source: bytes | str, config: ValidationConfig, store: ObjectStore) -> Checked:
-    """Validate downloaded bytes, or the bytes at a local locator (a file path or ``hf://...``), and store them
-    if valid; runs in a decode worker, so reading, decoding and writing all happen off the event loop.
+@dataclass(frozen=True)
+class Spooled:
+    """Downloaded bytes handed to a decode worker as a file in the workspace's ``tmp/`` that the worker owns: it
+    renames the file into the object store when the image is valid and new, and deletes it otherwise. Cheaper
+    than pickling the bytes through the pool's pipe, and the store's own write becomes a rename."""
+
+    path: str
+
+
+_spooled = itertools.count()
+
+
+def spool(data: bytes, store: ObjectStore) -> Spooled | bytes:
+    """Write downloaded bytes to a new file in ``store.tmp`` for a decode worker; the bytes themselves when the
+    file cannot be written (the worker then stores them, reporting a full disk as the store always does)."""
+    path = store.tmp / f".part-dl-{os.getpid()}-{next(_spooled)}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileNotFoundError:
+        store.tmp.mkdir(parents=True, exist_ok=True)
+        return spool(data, store)
+    except OSError:
+        return data
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except OSError:
+        path.unlink(missing_ok=True)
+        return data
+    return Spooled(str(path))
+
+
+def _check_spooled(source: Spooled, config: ValidationConfig, store: ObjectStore) -> Checked:
+    """:func:`check_and_store` for a spooled download: the file is moved into the store or deleted, never left."""
+    new = False
+    try:
+        with open(source.path, "rb") as handle:
+            data = handle.read()
+        sha256 = hashlib.sha256(data).hexdigest()
+        info = inspect_image(data, config)
+        if info.ok:
+            target = store.path(sha256, info.format)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source.path, target)
+                new = True
+        return Checked(sha256, info, len(data) if new else 0)
+    finally:
+        if not new:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(source.path)
+
+
+def check_and_store(source: bytes | str | Spooled, config: ValidationConfig, store: ObjectStore) -> Checked:
+    """Validate downloaded bytes (or a :class:`Spooled` download), or the bytes at a local locator (a file path
+    or ``hf://...``), and store them if valid; runs in a decode worker, so reading, decoding and writing all
+    happen off the event loop.
 
     Invalid bytes are never stored.
     """
+    if isinstance(source, Spooled):
+        return _check_spooled(source, config, store)
     if isinstance(source, bytes):
         data = source
     else:
@@ -200,14 +277,14 @@ class _OutcomeSink:
         self.buffer: list[ItemOutcome] = []
         self.last_flush = time.monotonic()
         self.progress: Progress | None = None
+        self.where: dict[str, str] = {}  # item_id -> URL or file, to name failures
 
     def add(self, outcome: ItemOutcome, new_bytes: int = 0) -> None:
         self.buffer.append(outcome)
         self.summary.processed += 1
         self.summary.bytes_stored += new_bytes
-        self.summary.statuses[outcome.status] += 1
-        if outcome.reason:
-            self.summary.reasons[outcome.reason] += 1
+        where = self.where.get(outcome.item_id) or outcome.item_id
+        self.summary.count(outcome.status, outcome.reason, where, outcome.error)
         if self.progress is not None:
             self.progress.advance(self.progress.task_ids[0])
         if len(self.buffer) >= self.every or time.monotonic() - self.last_flush > 2.0:
@@ -221,7 +298,26 @@ class _OutcomeSink:
         self.last_flush = time.monotonic()
 
 
-def check_batch(sources: list[bytes | str], config: ValidationConfig, store: ObjectStore) -> list[Checked]:
+#: The public name of the outcome sink that executors hand their outcomes to.
+OutcomeSink = _OutcomeSink
+
+
+def run_local_pending(
+    ws: Workspace, pending: pd.DataFrame, options: IngestOptions, sink: _OutcomeSink
+) -> None:
+    """The ``local`` executor: local files through the decode pool, then URLs through one asyncio downloader."""
+    remote = pending[pending.url.notna()]
+    local = pending[pending.url.isna() & pending.source_path.notna()]
+    with _decode_pool(options.workers) as pool:
+        if len(local):
+            _process_local(ws, local, options, pool, sink)
+        if len(remote):
+            asyncio.run(_process_remote(ws, remote, options, pool, sink))
+
+
+def check_batch(
+    sources: list[bytes | str | Spooled], config: ValidationConfig, store: ObjectStore
+) -> list[Checked]:
     """:func:`check_and_store` over a batch (one round trip to a worker per batch, not per image)."""
     return [check_and_store(source, config, store) for source in sources]
 
@@ -262,8 +358,21 @@ async def _process_remote(
 
     async def validate(results: list[FetchResult]) -> None:
         try:
-            sources: list[bytes | str] = [r.data for r in results if r.data is not None]
-            checked = await loop.run_in_executor(pool, check_batch, sources, options.validation, ws.objects)
+            sources: list[bytes | str | Spooled] = [
+                spool(r.data, ws.objects) for r in results if r.data is not None
+            ]
+            for r in results:
+                r.data = None  # the bytes live in the spooled file now
+            try:
+                checked = await loop.run_in_executor(
+                    pool, check_batch, sources, options.validation, ws.objects
+                )
+            except BaseException:  # cancelled or failed: no spooled file is left behind in tmp/
+                for source in sources:
+                    if isinstance(source, Spooled):
+                        with contextlib.suppress(OSError):
+                            os.unlink(source.path)
+                raise
             for result, found in zip(results, checked, strict=True):
                 sink.add(outcome_for(result.key, found, result.http_status, result.attempts), found.new_bytes)
         finally:
@@ -329,6 +438,22 @@ def _progress(enabled: bool, total: int) -> Progress:
     )
     progress.add_task("ingest", total=total)
     return progress
+
+
+def _unknown_origins(ws: Workspace, records: list[OriginRecord]) -> list[OriginRecord]:
+    """The records whose origin the catalog has not registered yet."""
+    if not records:
+        return []
+    keys = [r.origin_key for r in records]
+    known: set[str] = set()
+    db = ws.catalog.connect()
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        rows = db.execute(
+            f"SELECT origin_key FROM origins WHERE origin_key IN ({', '.join('?' * len(part))})", part
+        )
+        known.update(row[0] for row in rows)
+    return [r for r in records if r.origin_key not in known]
 
 
 def _chunked(records: Iterable[OriginRecord], size: int) -> Iterator[list[OriginRecord]]:

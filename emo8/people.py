@@ -15,6 +15,12 @@ key                        what it finds
 ``torchvision:NAME``       COCO ``person`` boxes from a torchvision detection model (e.g.
                            ``torchvision:fasterrcnn_resnet50_fpn``) with ``--weights PATH`` to its COCO weights
                            (the paper's setting: confidence 0.8, NMS 0.4). No faces.
+``mtcnn+hog`` (default)    MTCNN faces (with their head-and-shoulders boxes) *or* HOG people scoring at least
+                           the strict margin :data:`STRICT_HOG_THRESHOLD`: the best offline backend on the
+                           labelled check set ``benchmarks/data/people_labels.csv`` (see docs/suggest.md).
+                           ``--threshold`` sets the HOG margin. Offline.
+``hog+face``               HOG people confirmed by an MTCNN face in the head region of the box (few false
+                           positives, but misses every person HOG misses). ``--threshold`` sets the HOG margin.
 =========================  ===================================================================================
 
 Face backends also give a *person* box per face: the face box widened to 3 face widths and extended from half a
@@ -33,10 +39,11 @@ mapped back.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +51,9 @@ import numpy as np
 from PIL import Image
 
 from emo8.catalog import utc_now
+from emo8.executor import ExecutorConfig, get_executor
 from emo8.imaging import load_rgb
-from emo8.workspace import Workspace
+from emo8.workspace import ObjectStore, Workspace
 
 #: Item columns this stage writes.
 PEOPLE_COLUMNS: dict[str, str] = {
@@ -70,9 +78,17 @@ CREATE TABLE IF NOT EXISTS people_detections (
 
 Box = list[float]  # [x0, y0, x1, y1, score]
 
+#: The backend ``emo8 detect-people`` uses unless told otherwise: the best offline backend (highest F1 of "has a
+#: person" on the tuning half of ``benchmarks/data/people_labels.csv``; ``benchmarks/people_check.py``).
+DEFAULT_BACKEND = "mtcnn+hog"
+#: HOG SVM margin above which ``mtcnn+hog`` trusts a HOG box without a face (0.5, HOG's own default, also fires
+#: on strawberries, pistols and cartoon heads).
+STRICT_HOG_THRESHOLD = 2.0
 
-class DetectorError(RuntimeError):
-    """A detector cannot be created (unknown key, missing package or weights); the message says what to do."""
+
+class DetectorError(ValueError):
+    """A detector cannot be created (unknown key, missing package or weights): bad input, exit code 2 in both CLIs;
+    the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,8 @@ class DetectConfig:
         ``torchvision:NAME`` with random weights (tests and smoke runs only; never a silent fallback).
     score_threshold
         Keep boxes scoring at least this; None = the backend's default (HOG 0.5 SVM margin, MTCNN 0.9,
-        torchvision 0.8; Haar cascades have no calibrated score and keep every detection).
+        torchvision 0.8; Haar cascades have no calibrated score and keep every detection). For ``mtcnn+hog`` and
+        ``hog+face`` it is the HOG margin (defaults :data:`STRICT_HOG_THRESHOLD` and 0.0); their faces keep 0.9.
     nms_threshold
         IoU above which the lower-scoring of two overlapping person boxes is dropped.
     max_side
@@ -106,7 +123,7 @@ class DetectConfig:
         Show a progress bar.
     """
 
-    backend: str = "opencv-hog"
+    backend: str = DEFAULT_BACKEND
     weights: str | None = None
     random_init: bool = False
     score_threshold: float | None = None
@@ -117,6 +134,8 @@ class DetectConfig:
     device: str = "cpu"
     redo: bool = False
     progress: bool = True
+    #: where images are decoded and detected (:mod:`emo8.executor`); the catalog is always written here
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 @dataclass
@@ -235,19 +254,26 @@ class HaarFaceDetector(Detector):
         import cv2
 
         self.cv2 = cv2
-        path = Path(cv2.data.haarcascades) / self.cascade_name  # type: ignore[attr-defined]
-        self.cascade = cv2.CascadeClassifier(str(path))
-        if self.cascade.empty():
-            raise DetectorError(
-                f"cannot load {path}; install opencv-python-headless<5 (OpenCV 5 dropped the Haar cascades)"
-            )
+        self.path = Path(cv2.data.haarcascades) / self.cascade_name  # type: ignore[attr-defined]
+        self._local = threading.local()  # a cascade is not thread-safe: one per worker thread
+        self._cascade()
         self.threshold = config.score_threshold
         self.nms_threshold = config.nms_threshold
+
+    def _cascade(self) -> Any:
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cascade = self._local.cascade = self.cv2.CascadeClassifier(str(self.path))
+            if cascade.empty():
+                raise DetectorError(
+                    f"cannot load {self.path}; install opencv-python-headless<5 (OpenCV 5 dropped the Haar cascades)"
+                )
+        return cascade
 
     def detect(self, image: np.ndarray) -> Detection:
         cv2 = self.cv2
         gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
-        rects, _levels, weights = self.cascade.detectMultiScale3(
+        rects, _levels, weights = self._cascade().detectMultiScale3(
             gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24), outputRejectLevels=True
         )
         faces = [
@@ -297,6 +323,59 @@ class MtcnnDetector(Detector):
         return _faces_to_detection(faces, image.shape[1], image.shape[0], self.nms_threshold)
 
 
+def face_in_head_region(face: Sequence[float], person: Sequence[float]) -> bool:
+    """Whether a face box fits the head of a whole-person box: its centre inside the box (10 % slack) and in the
+    upper 60 % of it, its width 8-80 % of the box's."""
+    x0, y0, x1, y1 = person[:4]
+    w, h = x1 - x0, y1 - y0
+    cx, cy, fw = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2, face[2] - face[0]
+    return (
+        x0 - 0.1 * w <= cx <= x1 + 0.1 * w
+        and y0 - 0.1 * h <= cy <= y0 + 0.6 * h
+        and 0.08 * w <= fw <= 0.8 * w
+    )
+
+
+class FacesOrHogDetector(Detector):
+    """``mtcnn+hog``: every MTCNN face (as a head-and-shoulders person box) plus every HOG person scoring at least
+    a strict margin, highest score first (so at the default margin, 2, HOG boxes outrank face probabilities <= 1);
+    a face already in a HOG box's head adds no box of its own."""
+
+    key = "mtcnn+hog"
+    default_hog_threshold = STRICT_HOG_THRESHOLD
+
+    def __init__(self, config: DetectConfig) -> None:
+        hog_threshold = (
+            self.default_hog_threshold if config.score_threshold is None else config.score_threshold
+        )
+        self.hog = HogDetector(replace(config, score_threshold=hog_threshold))
+        self.faces = MtcnnDetector(replace(config, score_threshold=None))
+        self.nms_threshold = config.nms_threshold
+
+    def detect(self, image: np.ndarray) -> Detection:
+        faces = self.faces.detect(image).face_boxes or []
+        bodies = self.hog.detect(image).person_boxes
+        height, width = image.shape[:2]
+        lone = [f for f in faces if not any(face_in_head_region(f, b) for b in bodies)]
+        extra = nms([person_from_face(f, width, height) for f in lone], self.nms_threshold)
+        return Detection(person_boxes=sorted(bodies + extra, key=lambda b: -b[4]), face_boxes=faces)
+
+
+class HogConfirmedByFaceDetector(FacesOrHogDetector):
+    """``hog+face``: HOG people kept only when an MTCNN face sits in the head region of the box."""
+
+    key = "hog+face"
+    default_hog_threshold = 0.0
+
+    def detect(self, image: np.ndarray) -> Detection:
+        faces = self.faces.detect(image).face_boxes or []
+        bodies = self.hog.detect(image).person_boxes
+        return Detection(
+            person_boxes=[b for b in bodies if any(face_in_head_region(f, b) for f in faces)],
+            face_boxes=faces,
+        )
+
+
 COCO_PERSON = 1
 
 
@@ -344,6 +423,10 @@ class TorchvisionDetector(Detector):
         self.model = model.eval().to(self.device)
         self.threshold = 0.8 if config.score_threshold is None else config.score_threshold
         self.nms_threshold = config.nms_threshold
+        # the model drops boxes below its own cut (Faster R-CNN 0.05) before ours: a lower --threshold lowers it
+        holder = getattr(model, "roi_heads", model)
+        if isinstance(getattr(holder, "score_thresh", None), float):
+            holder.score_thresh = min(holder.score_thresh, self.threshold)
 
     def detect(self, image: np.ndarray) -> Detection:
         return self.detect_batch([image])[0]
@@ -367,6 +450,8 @@ class TorchvisionDetector(Detector):
 
 #: family -> factory(name after the colon, config) -> Detector
 DETECTORS: dict[str, Callable[[str, DetectConfig], Detector]] = {
+    "mtcnn+hog": lambda name, cfg: FacesOrHogDetector(cfg),
+    "hog+face": lambda name, cfg: HogConfirmedByFaceDetector(cfg),
     "opencv-hog": lambda name, cfg: HogDetector(cfg),
     "opencv-haar-face": lambda name, cfg: HaarFaceDetector(cfg),
     "mtcnn": lambda name, cfg: MtcnnDetector(cfg),
@@ -374,20 +459,20 @@ DETECTORS: dict[str, Callable[[str, DetectConfig], Detector]] = {
 }
 #: Families that take a name after the colon.
 _NAMED = frozenset({"torchvision"})
+#: The keys as a user types them (for help texts and errors).
+BACKEND_CHOICES: tuple[str, ...] = tuple(f"{k}:NAME" if k in _NAMED else k for k in DETECTORS)
 
 
 def create_detector(config: DetectConfig) -> Detector:
     """Instantiate the detector ``config.backend`` names; raise :class:`DetectorError` with a remedy otherwise."""
     family, _, name = config.backend.partition(":")
     if family not in DETECTORS:
-        raise DetectorError(
-            f"unknown backend {config.backend!r}; choose from opencv-hog, opencv-haar-face, mtcnn, torchvision:NAME"
-        )
+        raise DetectorError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKEND_CHOICES)}")
     if (family in _NAMED) != bool(name):
         raise DetectorError(
             f"{family} needs a model name: {family}:NAME" if family in _NAMED else f"{family} takes no name"
         )
-    if family not in _NAMED and config.weights and family != "mtcnn":
+    if family not in _NAMED and config.weights and family != "mtcnn":  # mtcnn says it itself
         raise DetectorError(f"{family} ships its own model; --weights is for torchvision:NAME")
     return DETECTORS[family](name, config)
 
@@ -420,6 +505,20 @@ def ensure_schema(ws: Workspace) -> None:
 
 
 _Row = tuple[str, str, "str | None", "int | None", "int | None"]
+#: What :func:`detect_row` returns: item id, detection (None when unreadable), error, original size, scale.
+RowResult = tuple[str, "Detection | None", "str | None", int, int, float, float]
+
+
+def detect_row(detector: Detector, store: ObjectStore, max_side: int, row: _Row) -> RowResult:
+    """Decode one stored image (downscaled to ``max_side``) and detect; boxes are scaled back by the caller."""
+    item_id, sha256, fmt, width, height = row
+    try:
+        # the catalog's width/height are the original size after EXIF orientation, as load_rgb decodes it
+        image = np.asarray(load_rgb(store.path(sha256, fmt), max_side=max_side))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return item_id, None, f"{type(exc).__name__}: {exc}", 0, 0, 1.0, 1.0
+    w, h = int(width or image.shape[1]), int(height or image.shape[0])
+    return item_id, detector.detect(image), None, w, h, w / image.shape[1], h / image.shape[0]
 
 
 def _todo(ws: Workspace, backend: str, redo: bool) -> tuple[list[_Row], int]:
@@ -434,6 +533,15 @@ def _todo(ws: Workspace, backend: str, redo: bool) -> tuple[list[_Row], int]:
         params.append(backend)
     rows = [(r[0], r[1], r[2], r[3], r[4]) for r in db.execute(sql + " ORDER BY rowid", params)]
     return rows, int(total) - len(rows)
+
+
+def detect_batches_local(
+    store: ObjectStore, config: DetectConfig, chunks: Sequence[Sequence[_Row]], detector: Detector
+) -> Iterator[list[RowResult]]:
+    """The ``local`` executor: ``config.workers`` threads share ``detector``; one result list per chunk."""
+    with ThreadPoolExecutor(max(1, config.workers)) as pool:
+        for chunk in chunks:
+            yield list(pool.map(lambda row: detect_row(detector, store, config.max_side, row), chunk))
 
 
 def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -474,24 +582,15 @@ def detect_people(
     todo, already = _todo(ws, backend, config.redo)
     summary = DetectSummary(backend, already=already)
 
-    def work(row: _Row) -> tuple[str, Detection | None, str | None, int, int, float, float]:
-        item_id, sha256, fmt, width, height = row
-        try:
-            # the catalog's width/height are the original size after EXIF orientation, as load_rgb decodes it
-            image = np.asarray(load_rgb(ws.object_path(sha256, fmt), max_side=config.max_side))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            return item_id, None, f"{type(exc).__name__}: {exc}", 0, 0, 1.0, 1.0
-        w, h = int(width or image.shape[1]), int(height or image.shape[0])
-        return item_id, detector.detect(image), None, w, h, w / image.shape[1], h / image.shape[0]
-
     bar = Progress(
         TextColumn(f"[bold]detect-people {backend}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         disable=not config.progress,
     )  # fmt: skip
-    with bar, ThreadPoolExecutor(max(1, config.workers)) as pool:
+    with bar:
         task = bar.add_task("detect", total=len(todo))
-        for chunk in _chunks(todo, config.batch_size):
-            results = list(pool.map(work, chunk))
+        chunks = list(_chunks(todo, config.batch_size))
+        batches = get_executor(config.executor).detect_batches(ws.objects, config, chunks, detector)
+        for chunk, results in zip(chunks, batches, strict=True):
             now = utc_now()
             table_rows: list[tuple[Any, ...]] = []
             item_rows: list[tuple[Any, ...]] = []

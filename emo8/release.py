@@ -19,12 +19,14 @@ their source. Splits come from :mod:`emo8.split` (items without one are assigned
 settings) and are verified free of cross-split near-duplicates before anything is written.
 
 Reproducible: two runs on the same catalog write byte-identical files. Nothing depends on the clock (the card's
-date is ``SOURCE_DATE_EPOCH`` when set, else the date of the newest catalog change among the released items),
+date is ``SOURCE_DATE_EPOCH`` when set, else the date of the newest catalog change among the released items before
+the release assigned any missing splits),
 rows are sorted by (split, sha256), and parquet is written with fixed settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -46,6 +48,7 @@ from emo8 import takedown
 from emo8.curation import (
     LabelPolicy,
     cluster_ids,
+    dedup_pairs,
     dedup_thresholds,
     frame,
     json_list,
@@ -54,6 +57,7 @@ from emo8.curation import (
     resolve_labels,
     workspace_embeddings,
 )
+from emo8.progress import stage_bar
 from emo8.split import SPLITS, LeakReport, assign_splits, find_leaks, stored_config
 from emo8.taxonomy import EMOTIONS
 from emo8.workspace import Workspace
@@ -70,7 +74,7 @@ _COLUMNS = (
     "status", "url", "source", "source_path", "sha256", "format", "width", "height", "license", "author", "title",
     "domain", "weak_label", "brightness", "colorfulness", "phash", "pixel_hash", "meta", "updated_at", "dup_of",
     "cluster_id", "person_boxes", "label", "label_distribution", "num_votes", "agreement", "settled",
-    "unsettled_reason", "imported_label", "split",
+    "unsettled_reason", "imported_label", "split", "label_method",
 )  # fmt: skip
 
 #: Released columns, in order, with what each holds (the card lists these descriptions).
@@ -132,6 +136,8 @@ class ReleaseConfig:
         (``other``: each image carries its own licence in the ``license`` column).
     allow_leaks
         Write even if cross-split near-duplicates are found (never by default).
+    progress
+        Show a progress bar while the images are written.
     """
 
     version: str
@@ -146,6 +152,7 @@ class ReleaseConfig:
     repo_id: str | None = None
     license: str = "other"
     allow_leaks: bool = False
+    progress: bool = True
 
     def validate(self) -> None:
         if not _VERSION.match(self.version):
@@ -189,6 +196,8 @@ class ReleaseResult:
     changes: dict[str, int]
     imagefolder: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    #: Released images whose licence is unknown (see :func:`unknown_licence`).
+    unknown_licences: int = 0
 
 
 # -- selecting rows -------------------------------------------------------------------------------------------------
@@ -204,14 +213,14 @@ def releasable(ws: Workspace, policy: LabelPolicy) -> tuple[pd.DataFrame, dict[s
         If no item qualifies; the message says what the catalog holds and how to get labels.
     """
     items = frame(ws, _COLUMNS, where="status = 'valid'").reset_index(drop=True)
-    resolved = resolve_labels(items, policy)
+    resolved = _with_unsettled(items, resolve_labels(items, policy))
     items = pd.concat([items, resolved], axis=1)
-    held = Counter(str(h).split(":")[0] for h in resolved["held_back"] if present(h))
+    held = Counter(str(h) for h in resolved["held_back"] if present(h))
     rows = items[items["release_label"].notna()].reset_index(drop=True)
     if rows.empty:
         annotated = int(items["label"].map(present).sum())
         weak = int(items["weak_label"].map(present).sum())
-        held_text = ", ".join(f"{k} {v}" for k, v in sorted(held.items())) or "none"
+        held_text = held_back_text(held)
         hint = (
             " Weak labels are not released by default; `--allow-weak-labels` ships them for bootstrapping."
             if weak and not policy.allow_weak_labels
@@ -223,6 +232,38 @@ def releasable(ws: Workspace, policy: LabelPolicy) -> tuple[pd.DataFrame, dict[s
             f"{hint} Run annotation rounds (`emo8 annotate push/pull/aggregate`) or import labels first."
         )
     return rows, dict(held)
+
+
+def _with_unsettled(items: pd.DataFrame, resolved: pd.DataFrame) -> pd.DataFrame:
+    """Count annotated items that did not settle (a tie, "none / unclear" won, too few votes...) as held back, by
+    their ``unsettled_reason``, whether or not aggregation left them a label, unless another label of theirs (an
+    imported or a weak one) is released."""
+    settled = pd.to_numeric(items["settled"], errors="coerce")
+    votes = pd.to_numeric(items["num_votes"], errors="coerce").fillna(0)
+    annotated = (votes > 0) | items["unsettled_reason"].map(present) | items["label"].map(present)
+    unsettled = (settled == 0) & annotated & resolved["release_label"].isna()
+    reasons = [f"unsettled:{why}" if present(why) else "unsettled" for why in items["unsettled_reason"]]
+    held = resolved["held_back"].where(~unsettled, pd.Series(reasons, index=items.index, dtype=object))
+    return resolved.assign(held_back=held)
+
+
+def held_back_text(held: dict[str, int]) -> str:
+    """``{"unsettled:tie": 3, "low_agreement": 1}`` -> ``"low agreement 1, unsettled (tie) 3"`` ("none" if empty)."""
+    parts = []
+    for key, count in sorted(held.items()):
+        kind, _, why = key.partition(":")
+        name = kind.replace("_", " ") + (f" ({why.replace('_', ' ')})" if why else "")
+        parts.append(f"{name} {count}")
+    return ", ".join(parts) or "none"
+
+
+#: Licence values that say nothing about the rights (besides an empty cell).
+UNKNOWN_LICENCES = frozenset({"", "unknown", "(unknown)", "none", "n/a", "na", "null", "?"})
+
+
+def unknown_licence(value: Any) -> bool:
+    """Whether a ``license`` cell leaves the image's licence unknown."""
+    return not present(value) or str(value).strip().lower() in UNKNOWN_LICENCES
 
 
 def _release_date(rows: pd.DataFrame) -> str:
@@ -295,6 +336,10 @@ def _records(rows: pd.DataFrame, clusters: dict[str, str]) -> list[dict[str, Any
                 "label_source": r.label_source,
                 "_split": r.split,
                 "_format": r.format,
+                "_item_id": str(r.item_id),
+                "_method": r.label_method
+                if r.label_source == "annotation" and present(r.label_method)
+                else None,
             }
         )
     return out
@@ -344,6 +389,7 @@ class _Context:
     split_bytes: dict[str, int] = field(default_factory=dict)
     parquet_bytes: int = 0
     imagefolder: Path | None = None
+    advance: Callable[[int], None] = field(default=lambda n: None)
 
     def image_path(self, record: dict[str, Any]) -> Path:
         return self.ws.object_path(record["sha256"], record["_format"])
@@ -413,6 +459,7 @@ def _write_hf(ctx: _Context) -> None:
                     ]
                     arrays = {"image": images, **{c: [r[c] for r in group] for c in columns}}
                     table = pa.Table.from_pydict(arrays, schema=schema)
+                    ctx.advance(len(group))
                     split_bytes += table.nbytes
                     out.write_table(table, row_group_size=ctx.config.rows_per_group)
             ctx.parquet_bytes += (ctx.out / name).stat().st_size
@@ -433,6 +480,7 @@ def _write_imagefolder(ctx: _Context) -> None:
             target = root / IMAGEFOLDER_SPLITS[split] / EMOTIONS[record["label"]] / f"{record['sha256']}.jpg"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(_as_jpeg(ctx.image_path(record).read_bytes(), record["_format"]))
+            ctx.advance(1)
     ctx.imagefolder = root
 
 
@@ -554,7 +602,8 @@ def _datasheet(ctx: _Context, facts: _CardFacts) -> str:
     )
     domains = Counter(r["domain"] or "(none)" for r in records)
     sources = Counter(r["source"] for r in records)
-    licences = Counter(r["license"] or "(unknown)" for r in records)
+    licences = Counter(r["license"] if not unknown_licence(r["license"]) else "(unknown)" for r in records)
+    unknown = licences.get("(unknown)", 0)
     label_sources = Counter(r["label_source"] for r in records)
     votes = [r["num_votes"] for r in records if r["label_source"] == "annotation"]
     agreements = [r["agreement"] for r in records if r["agreement"] is not None]
@@ -627,26 +676,29 @@ def _datasheet(ctx: _Context, facts: _CardFacts) -> str:
         f"Splits are group-aware (a dedup cluster, a source page and an author stay in one split), stratified by "
         f"label x domain, and stable across releases. Leak check: {facts.leaks.summary()}.",
         "## Annotation",
-        "Labels come from annotation rounds in Label Studio (several annotators per image, machine suggestions "
-        "shown as pre-annotations, gold items mixed in); votes are aggregated into a final label, a vote "
-        "distribution and an agreement score, and only settled items are released"
-        + (f" with agreement >= {cfg.labels.min_agreement}" if cfg.labels.min_agreement is not None else "")
-        + ". Label sources: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(label_sources.items()))
-        + f". Votes per annotated image: median {_median(votes)}; agreement: mean "
-        f"{_fmt(statistics.fmean(agreements) if agreements else None)}, "
-        f"median {_fmt(statistics.median(agreements) if agreements else None)}. Labelled items held back: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(facts.held_back.items())) or "none")
-        + ".",
+        _annotation_text(ctx, facts, label_sources, votes, agreements),
         "## Uses",
-        "Intended: training and evaluating image emotion classifiers and emotion-aware representations; studying "
-        "annotation agreement (use `label_distribution`, `agreement`). Emotion is subjective and culturally "
-        "dependent: the labels are what the annotators perceived, not a ground truth about the depicted people. "
-        "Do not use the dataset to infer the emotions, identity or any sensitive attribute of depicted persons, "
-        "or for surveillance.",
+        "Intended: training and evaluating image emotion classifiers and emotion-aware representations"
+        + (
+            "; studying annotation agreement (use `label_distribution`, `agreement`)"
+            if label_sources.get("annotation")
+            else ""
+        )
+        + ". Emotion is subjective and culturally dependent: the labels are what "
+        + ("the annotators perceived" if label_sources.get("annotation") else "the sources implied")
+        + ", not a ground truth about the depicted people. Do not use the dataset to infer the emotions, identity "
+        "or any sensitive attribute of depicted persons, or for surveillance.",
         "## Distribution",
         "Licences of the released images (each row carries its own `license`, `author` and `source_url`; "
         "attribution is required by most of them):",
+        *(
+            [
+                f"**{unknown} of {n} images have no known licence** (`license` is null or says unknown): their "
+                "redistribution rights are unclear. Check them, or leave them out, before publishing."
+            ]
+            if unknown
+            else []
+        ),
         _table(
             ["licence", "images"],
             [[k, v] for k, v in sorted(licences.items(), key=lambda kv: (-kv[1], kv[0]))],
@@ -658,6 +710,109 @@ def _datasheet(ctx: _Context, facts: _CardFacts) -> str:
         "CHANGELOG lists the removal by hash.",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def annotation_rounds(ws: Workspace, item_ids: set[str]) -> dict[str, Any]:
+    """What the annotation tables say about the rounds behind ``item_ids``: round names, where the votes came from
+    (Label Studio servers or export files), annotators, votes and gold items. Empty without annotation tables."""
+    db = ws.catalog.connect()
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "annotations" not in tables:
+        return {}
+    votes = [
+        (str(r[0]), str(r[1]), str(r[2]))
+        for r in db.execute(
+            "SELECT round, item_id, annotator FROM annotations WHERE deleted_at IS NULL "
+            "AND COALESCE(was_cancelled, 0) = 0"
+        )
+        if str(r[1]) in item_ids
+    ]
+    rounds = sorted({v[0] for v in votes})
+    origins: dict[str, str | None] = {}
+    if "annotation_rounds" in tables:
+        origins = {str(r[0]): r[1] for r in db.execute("SELECT round, pulled_from FROM annotation_rounds")}
+    gold = 0
+    if "annotation_tasks" in tables and rounds:
+        marks = ", ".join("?" * len(rounds))
+        gold = int(
+            db.execute(
+                f"SELECT COUNT(*) FROM annotation_tasks WHERE is_gold = 1 AND round IN ({marks})", rounds
+            ).fetchone()[0]
+        )
+    from_files = sum(1 for r in rounds if str(origins.get(r) or "").startswith("file:"))
+    return {
+        "rounds": rounds,
+        "from_files": from_files,
+        "from_servers": len(rounds) - from_files,
+        "annotators": len({v[2] for v in votes}),
+        "votes": len(votes),
+        "gold_items": gold,
+    }
+
+
+def _annotation_text(
+    ctx: _Context, facts: _CardFacts, label_sources: Counter[str], votes: list[int], agreements: list[float]
+) -> str:
+    """The card's Annotation section: how each released label was made, with counts, and what was held back."""
+    cfg, records = ctx.config, ctx.records
+    n = len(records)
+    names = {"annotation": "annotation rounds", "imported": "imported labels", "weak": "weak labels"}
+    methods = ", ".join(
+        f"{names.get(k, k)} {v}" for k, v in sorted(label_sources.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    parts = [f"How the {n} released labels were made: {methods}."]
+    annotated = label_sources.get("annotation", 0)
+    if annotated:
+        info = annotation_rounds(
+            ctx.ws, {r["_item_id"] for r in records if r["label_source"] == "annotation"}
+        )
+        aggregation = Counter(
+            r["_method"] or "unrecorded method" for r in records if r["label_source"] == "annotation"
+        )
+        rounds = info.get("rounds", [])
+        where = []
+        if info.get("from_servers"):
+            where.append(f"{info['from_servers']} pulled from a Label Studio server")
+        if info.get("from_files"):
+            where.append(f"{info['from_files']} imported from Label Studio export files")
+        text = (
+            f"**Annotation rounds ({annotated} labels).** "
+            + (
+                f"{len(rounds)} round(s) ({', '.join(rounds)}; {'; '.join(where) or 'origin unrecorded'}), "
+                f"{info.get('annotators', 0)} annotator(s), {info.get('votes', 0)} votes on the released images; "
+                if rounds
+                else "The votes themselves are not in the catalog (labels aggregated elsewhere); "
+            )
+            + f"votes per image: median {_median(votes)}. "
+            + (
+                f"{info['gold_items']} gold item(s) with known answers were mixed in to score the annotators. "
+                if info.get("gold_items")
+                else "No gold items were used. "
+            )
+            + "Votes were aggregated into a final label, a vote distribution and an agreement score ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(aggregation.items()))
+            + "); only settled items are released"
+            + (
+                f" with agreement >= {cfg.labels.min_agreement}"
+                if cfg.labels.min_agreement is not None
+                else ""
+            )
+            + f". Agreement: mean {_fmt(statistics.fmean(agreements) if agreements else None)}, "
+            f"median {_fmt(statistics.median(agreements) if agreements else None)}."
+        )
+        parts.append(text)
+    if label_sources.get("imported"):
+        parts.append(
+            f"**Imported labels ({label_sources['imported']}).** A curator's label file (`emo8 labels import`); "
+            "no annotator votes behind them (`num_votes` 0, `agreement` null)."
+        )
+    if label_sources.get("weak"):
+        parts.append(
+            f"**Weak labels ({label_sources['weak']}).** Taken from source metadata (folder names, search "
+            "queries, dataset labels) and checked by nobody (`num_votes` 0, `agreement` null)."
+        )
+    parts.append(f"Labelled items held back: {held_back_text(facts.held_back)}.")
+    return "\n\n".join(parts)
 
 
 def _median(values: list[Any]) -> str:
@@ -891,15 +1046,16 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
         )
     takedown.enforce(ws)
     rows, held = releasable(ws, config.labels)
+    date = _release_date(rows)  # before this run's own split assignment stamps the rows with today
     newly_split = 0
     if rows["split"].map(lambda s: s not in SPLITS).any():
-        result, _ = assign_splits(ws, stored_config(ws))
+        result, _ = assign_splits(ws, dataclasses.replace(stored_config(ws), progress=config.progress))
         newly_split = result.new
         rows, held = releasable(ws, config.labels)
     excluded = int(ws.catalog.counts("reason", where="status = 'removed'").get("takedown", 0))
     embeddings = workspace_embeddings(ws)
     radius, similarity = dedup_thresholds(ws, embeddings[0] if embeddings else None)
-    leaks = find_leaks(rows, radius, embeddings, similarity if embeddings else None)
+    leaks = find_leaks(rows, radius, embeddings, similarity if embeddings else None, pairs=dedup_pairs(ws))
     if not leaks.clean and not config.allow_leaks:
         raise ReleaseError(
             f"{len(leaks.leaks)} near-duplicate pairs cross split boundaries (e.g. {leaks.leaks[0]}); "
@@ -916,6 +1072,7 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
         for i, r in zip(everything["item_id"], roots, strict=True)
     }
     records = _records(rows, clusters)
+    unknown = sum(1 for r in records if unknown_licence(r["license"]))
     previous = previous_release(ws, config.version)
     status_counts = ws.catalog.counts("status")
     taken = takedown.records(ws)
@@ -925,7 +1082,7 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
         excluded_takedown=excluded,
         takedowns=int(taken["takedown_id"].nunique()) if not taken.empty else 0,
         leaks=leaks,
-        date=_release_date(rows),
+        date=date,
         previous=previous[0] if previous else None,
         changes={},
     )
@@ -936,8 +1093,12 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
     staging.mkdir(parents=True)
     ctx = _Context(ws, config, staging, records)
     try:
-        for name in config.formats:
-            WRITERS[name](ctx)
+        with stage_bar(
+            "release", len(records) * len(config.formats), config.progress, f"writing {config.version}"
+        ) as advance:
+            ctx.advance = advance
+            for name in config.formats:
+                WRITERS[name](ctx)
         if "hf" in config.formats:
             content = _manifest_items(ctx)
             if previous is not None:
@@ -979,5 +1140,14 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
             f"split {s!r} is empty and is left out of the release"
             for s in SPLITS
             if not any(r["_split"] == s for r in records)
-        ],
+        ]
+        + (
+            [
+                f"{unknown} of {len(records)} released images have no known licence: check their rights before "
+                "publishing (the card says so too)"
+            ]
+            if unknown
+            else []
+        ),
+        unknown_licences=unknown,
     )

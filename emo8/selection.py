@@ -366,12 +366,12 @@ def select(ws: Workspace, config: SelectConfig) -> SelectSummary:
     Raises
     ------
     SelectError
-        Unknown strategy or measure, a negative budget, or a strategy that needs suggestions when there are none.
+        Unknown strategy or measure, a budget below 1, or a strategy that needs suggestions when there are none.
     """
     if config.strategy not in STRATEGIES:
         raise SelectError(f"unknown strategy {config.strategy!r}; choose from {', '.join(STRATEGIES)}")
-    if config.budget < 0:
-        raise SelectError("the budget must be >= 0")
+    if config.budget < 1:
+        raise SelectError(f"--budget must be at least 1 (got {config.budget}); a round needs items")
     strategy, needs_suggestions = STRATEGIES[config.strategy]
     round_name = config.round or next_round_name(ws)
     already = len(ws.catalog.selection(round_name))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 #: Tier priorities: when two items match in several tiers, the lowest number wins.
-TIER_PRIORITY = {"exact": 0, "perceptual": 1, "semantic": 2, "semdedup": 3}
+TIER_PRIORITY = {"exact": 0, "perceptual": 1, "verified": 2, "semantic": 3, "semdedup": 4}
 
 
 @dataclass(frozen=True)
@@ -594,6 +594,57 @@ def _cosine_ivf(
     return pairs.unique(keep="max")
 
 
+def cosine_topk(
+    matrix: Matrix,
+    k: int,
+    min_similarity: float,
+    queries: Matrix | None = None,
+    config: SearchConfig = SearchConfig(),
+) -> Pairs:
+    """Each query's ``k`` most similar rows of ``matrix`` with cosine >= ``min_similarity`` (candidates for
+    verification: bounded to ``k`` per query whatever the threshold).
+
+    Exact (FAISS ``IndexFlatIP``) up to ``config.float_flat_max`` rows; above, a FAISS IVF index whose coarse
+    quantizer is the same spherical k-means as :func:`cosine_pairs` (``nprobe`` lists per query). A self-search
+    returns each unordered pair once (``i < j``, the larger cosine kept).
+    """
+    self_join = queries is None
+    n = len(matrix)
+    q_all = matrix if queries is None else queries
+    if n == 0 or len(q_all) == 0 or k <= 0:
+        return Pairs.empty()
+    dim = matrix.shape[1]
+    kk = min(n, k + 1 if self_join else k)
+    if n <= config.float_flat_max:
+        index: Any = faiss.IndexFlatIP(dim)
+        index.add(_f32(matrix))
+    else:
+        nlist = config.nlist or int(np.clip(2 * math.sqrt(n), 16, 8192))
+        quantizer = faiss.IndexFlatIP(dim)
+        quantizer.add(train_quantizer(matrix, nlist, config))
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.is_trained = True
+        step = _rows_per_block(dim, config)
+        for start in range(0, n, step):
+            index.add(_f32(matrix[start : start + step]))
+        index.nprobe = min(config.nprobe, nlist)
+    parts = []
+    step = _rows_per_block(dim, config)
+    for start in range(0, len(q_all), step):
+        sims, ids = index.search(_f32(q_all[start : start + step]), kk)
+        qi = np.repeat(np.arange(start, start + len(ids)), kk)
+        dj, sv = ids.ravel().astype(np.int64), sims.ravel()
+        keep = (dj >= 0) & (sv >= min_similarity)
+        if self_join:
+            keep &= dj != qi
+        parts.append(Pairs(qi[keep], dj[keep], sv[keep]))
+    pairs = Pairs.concat(parts)
+    if self_join and len(pairs):
+        pairs = Pairs(np.minimum(pairs.i, pairs.j), np.maximum(pairs.i, pairs.j), pairs.value)
+        pairs = pairs.unique(keep="max")
+    return pairs
+
+
 # -- clustering ---------------------------------------------------------------------------------------------
 
 
@@ -643,13 +694,19 @@ class Edges:
     j: np.ndarray
     tier: np.ndarray
     score: np.ndarray
+    inliers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+
+    def __post_init__(self) -> None:
+        if len(self.inliers) != len(self.i):
+            self.inliers = np.full(len(self.i), -1, np.int32)
 
     def __len__(self) -> int:
         return len(self.i)
 
     @classmethod
-    def build(cls, parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> Edges:
-        """Merge ``(tier_code, i, j, score)`` parts; a pair found by several tiers keeps the strongest tier."""
+    def build(cls, parts: Sequence[tuple[Any, ...]]) -> Edges:
+        """Merge ``(tier_code, i, j, score[, inliers])`` parts; a pair found by several tiers keeps the strongest
+        tier. ``inliers`` (geometric verification's evidence) is -1 where a part has none."""
         if not parts:
             z = np.zeros(0, np.int64)
             return cls(z, z, z.astype(np.int8), z.astype(np.float32))
@@ -657,14 +714,15 @@ class Edges:
         j = np.concatenate([p[2] for p in parts]).astype(np.int64)
         tier = np.concatenate([np.full(len(p[1]), p[0], np.int8) for p in parts])
         score = np.concatenate([p[3] for p in parts]).astype(np.float32)
+        inl = np.concatenate([p[4] if len(p) > 4 else np.full(len(p[1]), -1) for p in parts]).astype(np.int32)
         lo, hi = np.minimum(i, j), np.maximum(i, j)
         keep = lo != hi
-        lo, hi, tier, score = lo[keep], hi[keep], tier[keep], score[keep]
+        lo, hi, tier, score, inl = lo[keep], hi[keep], tier[keep], score[keep], inl[keep]
         order = np.lexsort((-score, tier, hi, lo))
-        lo, hi, tier, score = lo[order], hi[order], tier[order], score[order]
+        lo, hi, tier, score, inl = lo[order], hi[order], tier[order], score[order], inl[order]
         first = np.ones(len(lo), bool)
         first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
-        return cls(lo[first], hi[first], tier[first], score[first])
+        return cls(lo[first], hi[first], tier[first], score[first], inl[first])
 
 
 @dataclass
@@ -672,14 +730,27 @@ class Clusters:
     """Result of :func:`guarded_clusters` for ``n`` nodes.
 
     ``canonical[k]`` is the node that node ``k`` duplicates (``k`` itself for canonical and unmatched nodes);
-    ``tier[k]`` and ``score[k]`` describe the direct match between ``k`` and its canonical (-1 and NaN for
-    canonicals); ``component[k]`` labels the union-find component (before the guard).
+    ``tier[k]``, ``score[k]`` and ``inliers[k]`` describe the match that made ``k`` a member (-1 and NaN for
+    canonicals): with the canonical directly when ``via[k] == -1``, else with the member ``via[k]``, ``k`` having
+    ``links[k]`` matches with members of its cluster; ``component[k]`` labels the connected component.
     """
 
     canonical: np.ndarray
     tier: np.ndarray
     score: np.ndarray
     component: np.ndarray
+    via: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    inliers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    links: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+
+    def __post_init__(self) -> None:
+        n = len(self.canonical)
+        if len(self.via) != n:
+            self.via = np.full(n, -1, np.int64)
+        if len(self.inliers) != n:
+            self.inliers = np.full(n, -1, np.int32)
+        if len(self.links) != n:
+            self.links = np.zeros(n, np.int32)
 
     @property
     def is_member(self) -> np.ndarray:
@@ -735,6 +806,133 @@ def guarded_clusters(n: int, edges: Edges, order: np.ndarray) -> Clusters:
     tier[s[first]] = t[first]
     score[s[first]] = sc[first]
     return Clusters(canonical, tier, score, component)
+
+
+#: ``confirm(members, canonicals)`` -> ``(ok, rejected, tier, score, inliers)`` per pair: a direct check
+#: (geometric verification) of a member against its canonical when no tier matched them directly; ``rejected``
+#: means the check could decide and said no (not merely "too few keypoints to tell").
+Confirm = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]
+
+
+def verified_clusters(
+    n: int,
+    edges: Edges,
+    order: np.ndarray,
+    confirm: Confirm | None = None,
+    min_links: int = 1,
+    max_rounds: int = 4,
+) -> Clusters:
+    """Turn confirmed matches into clusters that stay whole without chaining unrelated images together.
+
+    Each round, on the nodes not yet placed:
+
+    1. the connected components of their matches; the best-ranked node of each (first in ``order``) is its
+       canonical;
+    2. a node joins its canonical's cluster when it matches the canonical directly, or when ``confirm``
+       (geometric verification) confirms it against the canonical;
+    3. then a node joins when it matches at least ``min_links`` nodes of the *core* (the canonical and the
+       members of step 2): a heavily edited canonical (a screenshot, a padded copy) may fail to verify against
+       a crop that matches the original and other direct members. Members that joined this way do not admit
+       others, so a cluster's diameter stays at three matches, each with an image matched to the canonical;
+    4. nodes left over go to the next round, where they form clusters of their own.
+
+    So one false match between two groups cannot merge them (the other group's nodes neither match the canonical
+    nor ``min_links`` members), while a group whose members do not all match the canonical directly stays
+    one cluster. After ``max_rounds`` the remaining nodes stay unclustered. Members carry their evidence
+    (``tier``, ``score``, ``inliers``, ``via``, ``links``).
+    """
+    component = components(n, [np.stack([edges.i, edges.j], axis=1)])
+    out = Clusters(np.arange(n, dtype=np.int64), np.full(n, -1, np.int8), np.full(n, np.nan, np.float32),
+                   component)  # fmt: skip
+    if not len(edges):
+        return out
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    src = np.concatenate([edges.i, edges.j])
+    dst = np.concatenate([edges.j, edges.i])
+    tiers = np.concatenate([edges.tier, edges.tier])
+    scores = np.concatenate([edges.score, edges.score])
+    inl = np.concatenate([edges.inliers, edges.inliers])
+    open_ = np.zeros(n, bool)
+    open_[src] = True
+    for round_ in range(max_rounds):
+        live = open_[src] & open_[dst]
+        nodes = np.flatnonzero(open_)
+        if not live.any():
+            break
+        sub = components(n, [np.stack([src[live], dst[live]], axis=1)])
+        # canonical of each sub-component: its best-ranked open node
+        best = np.full(n, -1, np.int64)
+        by_rank = nodes[np.argsort(rank[nodes], kind="stable")]
+        labels = sub[by_rank]
+        _, first = np.unique(labels, return_index=True)
+        best[labels[first]] = by_rank[first]
+        head = np.full(n, -1, np.int64)
+        head[nodes] = best[sub[nodes]]
+        joined = np.zeros(n, bool)
+        # 2a. direct matches with the canonical (best tier, then score)
+        direct = live & (dst == head[src]) & (src != dst)
+        _attach(out, joined, src[direct], dst[direct], tiers[direct], scores[direct], inl[direct], None)
+        # 2b. verification against the canonical
+        pending = nodes[(head[nodes] != nodes) & ~joined[nodes]]
+        if confirm is not None and len(pending) and round_ < max_rounds - 1:
+            ok, _rejected, t, sc, il = confirm(pending, head[pending])
+            ok = np.asarray(ok, bool)
+            _attach(out, joined, pending[ok], head[pending][ok], np.asarray(t)[ok], np.asarray(sc)[ok],
+                    np.asarray(il)[ok], None)  # fmt: skip
+        # 3. enough links into the core (the canonical and the members matched or verified with it)
+        is_head = np.zeros(n, bool)
+        is_head[nodes] = head[nodes] == nodes
+        core = joined | is_head
+        cand = live & ~core[src] & core[dst] & (head[src] == head[dst])
+        count = np.bincount(src[cand], minlength=n)
+        enough = cand & (count[src] >= min_links)
+        if enough.any():
+            _attach(out, joined, src[enough], head[src[enough]], tiers[enough], scores[enough], inl[enough],
+                    dst[enough], count)  # fmt: skip
+        heads = np.flatnonzero(is_head & np.isin(np.arange(n), out.canonical[joined]))
+        open_[np.flatnonzero(joined)] = False
+        open_[heads] = False
+        # a canonical nobody joined stays open: it may belong to another cluster next round
+    return out
+
+
+def _attach(
+    out: Clusters,
+    joined: np.ndarray,
+    member: np.ndarray,
+    canonical: np.ndarray,
+    tier: np.ndarray,
+    score: np.ndarray,
+    inliers: np.ndarray,
+    via: np.ndarray | None,
+    links: np.ndarray | None = None,
+) -> None:
+    """Make each ``member`` (first occurrence after sorting by tier, then score) a member of ``canonical``."""
+    if not len(member):
+        return
+    order = np.lexsort((-score, tier, member))
+    member, canonical, tier, score, inliers = (
+        member[order],
+        canonical[order],
+        tier[order],
+        score[order],
+        inliers[order],
+    )
+    first = np.ones(len(member), bool)
+    first[1:] = member[1:] != member[:-1]
+    m = member[first]
+    out.canonical[m] = canonical[first]
+    out.tier[m] = tier[first]
+    out.score[m] = score[first]
+    out.inliers[m] = inliers[first]
+    if via is not None:
+        out.via[m] = via[order][first]
+        if links is not None:
+            out.links[m] = links[m]
+    else:
+        out.links[m] = 1
+    joined[m] = True
 
 
 # -- SemDeDup ------------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 clusters) one of :data:`SPLITS` and stores it in the catalog column ``split``:
 
 1. **Groups.** Items that must share a split are linked by the rules of :data:`GROUPING_RULES`: one dedup
-   cluster (canonical item and its duplicates), near-duplicates (pHash within the dedup radius, found with a
-   FAISS binary index; embedding cosine above the dedup similarity when embeddings exist), one source page
+   cluster (canonical item and its duplicates), near-duplicates (every pair dedup confirmed, geometrically
+   verified crops and edits included, :func:`emo8.curation.dedup_pairs`; and, for items dedup has not seen yet,
+   pHash within the dedup radius and embedding cosine above dedup's unverified threshold), one source page
    (e.g. Openverse's landing page), one author (groups larger than ``max_group_fraction`` of the items are too
    large to keep together and are reported instead). Groups are the connected components of these links.
 2. **Stability.** Items that already have a split keep it. A new item joins the split of its group. If new links
@@ -16,8 +17,8 @@ clusters) one of :data:`SPLITS` and stores it in the catalog column ``split``:
    strata (label x domain) plus how far it is below its target share overall (so that tiny strata still fill the
    validation and test splits).
 4. **Verification.** :func:`find_leaks` searches the released candidates for cross-split near-duplicate pairs
-   (pHash, and cosine when embeddings exist) and the result says how many there are (zero, by construction, unless
-   a grouping rule was switched off).
+   (dedup's confirmed pairs, pHash, and cosine when embeddings exist) and the result says how many there are
+   (zero, by construction, unless a grouping rule was switched off).
 
 Deterministic: the same catalog, ratios and seed give the same splits, whatever paths or URLs the images came from
 (groups are ordered by content, not by item id).
@@ -37,9 +38,11 @@ import pandas as pd
 
 from emo8.curation import (
     EXACT_COSINE_LIMIT,
+    DedupPairs,
     best_label,
     cluster_ids,
     cosine_pairs,
+    dedup_pairs,
     dedup_thresholds,
     frame,
     hamming_pairs,
@@ -47,6 +50,7 @@ from emo8.curation import (
     present,
     workspace_embeddings,
 )
+from emo8.progress import stage_steps
 from emo8.similarity import components
 from emo8.workspace import Workspace
 
@@ -93,6 +97,8 @@ class SplitConfig:
         Embedding model key for the cosine check; None takes dedup's, or the only one present.
     reassign
         Ignore existing assignments and split from scratch.
+    progress
+        Show a progress bar over the grouping rules and the leak check.
     """
 
     ratios: tuple[float, float, float] = (0.8, 0.05, 0.15)
@@ -104,6 +110,7 @@ class SplitConfig:
     embed_min_similarity: float | None = None
     model: str | None = None
     reassign: bool = False
+    progress: bool = True
 
     def validate(self) -> None:
         """Raise :class:`SplitError` on invalid settings."""
@@ -144,6 +151,8 @@ class LeakReport:
     embed_items: int = 0
     embed_pairs: int = 0
     embed_exact: bool = True
+    dedup_pairs: int = 0
+    not_deduplicated: int = 0
     leaks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -154,6 +163,9 @@ class LeakReport:
     def summary(self) -> str:
         """One human-readable line."""
         checks = f"pHash <= {self.phash_max_distance} over {self.phash_items} items"
+        checks += f", {self.dedup_pairs} dedup-confirmed pairs"
+        if self.not_deduplicated:
+            checks += f" ({self.not_deduplicated} items not deduplicated yet: run `emo8 dedup`)"
         if self.embed_model:
             checks += (
                 f", cosine >= {self.embed_min_similarity} ({self.embed_model}) over {self.embed_items} items"
@@ -205,6 +217,7 @@ class _Context:
     phash_max_distance: int
     embed_min_similarity: float
     embeddings: tuple[str, list[str], np.ndarray] | None
+    pairs: DedupPairs | None = None
     oversized: dict[str, int] = field(default_factory=dict)
     exact: dict[str, bool] = field(default_factory=dict)
 
@@ -237,6 +250,8 @@ def _cluster_rule(ctx: _Context) -> tuple[np.ndarray, list[Any] | None]:
 @grouping_rule("near_duplicate")
 def _near_duplicate_rule(ctx: _Context) -> tuple[np.ndarray, list[Any] | None]:
     pairs = [near_duplicate_pairs_phash(ctx.items, ctx.phash_max_distance)]
+    if ctx.pairs is not None:
+        pairs.append(ctx.pairs.rows(list(ctx.items["item_id"])))
     if ctx.embeddings is not None:
         pairs.append(near_duplicate_pairs_embed(ctx.items, ctx.embeddings, ctx.embed_min_similarity))
     return np.concatenate(pairs), None
@@ -320,6 +335,7 @@ def find_leaks(
     embeddings: tuple[str, list[str], np.ndarray] | None = None,
     embed_min_similarity: float | None = None,
     split_column: str = "split",
+    pairs: DedupPairs | None = None,
 ) -> LeakReport:
     """Search ``items`` (with ``item_id``, ``phash``, ``sha256`` and ``split_column``) for near-duplicate pairs
     in different splits.
@@ -334,6 +350,9 @@ def find_leaks(
         ``(model key, item ids, normalised matrix)`` or None to skip the cosine check.
     embed_min_similarity
         Cosine threshold for the embedding check.
+    pairs
+        Dedup's confirmed pairs (:func:`emo8.curation.dedup_pairs`): crops, pads, rotations and other edits that
+        geometric verification confirmed, which neither hash nor cosine may catch.
 
     Returns
     -------
@@ -350,9 +369,16 @@ def find_leaks(
         phash_exact=True,  # flat index, or multi-index hashing with enough flips: exact either way
     )
     checks: list[tuple[str, np.ndarray]] = []
-    pairs = near_duplicate_pairs_phash(items, phash_max_distance)
-    report.phash_pairs = len(pairs)
-    checks.append(("phash", pairs))
+    if pairs is not None:
+        confirmed = pairs.rows(list(items["item_id"]))
+        report.dedup_pairs = len(confirmed)
+        report.not_deduplicated = int((~items["item_id"].astype(str).isin(pairs.covered)).sum())
+        checks.append(("dedup", confirmed))
+    else:
+        report.not_deduplicated = len(items)
+    found_pairs = near_duplicate_pairs_phash(items, phash_max_distance)
+    report.phash_pairs = len(found_pairs)
+    checks.append(("phash", found_pairs))
     if embeddings is not None and embed_min_similarity is not None:
         key, ids, _matrix = embeddings
         known = set(ids)
@@ -360,14 +386,15 @@ def find_leaks(
         report.embed_min_similarity = embed_min_similarity
         report.embed_items = int(sum(str(i) in known for i in items["item_id"]))
         report.embed_exact = report.embed_items <= EXACT_COSINE_LIMIT
-        pairs = near_duplicate_pairs_embed(items, embeddings, embed_min_similarity)
-        report.embed_pairs = len(pairs)
-        checks.append(("embedding", pairs))
+        found_pairs = near_duplicate_pairs_embed(items, embeddings, embed_min_similarity)
+        report.embed_pairs = len(found_pairs)
+        checks.append(("embedding", found_pairs))
     seen: set[tuple[int, int]] = set()
     for check, found in checks:
         for a, b in found:
-            if splits[a] != splits[b] and (int(a), int(b)) not in seen:
-                seen.add((int(a), int(b)))
+            pair = (min(int(a), int(b)), max(int(a), int(b)))
+            if splits[a] != splits[b] and pair not in seen:
+                seen.add(pair)
                 report.leaks.append(
                     {
                         "check": check,
@@ -426,16 +453,19 @@ def assign_splits(
     radius, similarity = dedup_thresholds(ws, embeddings[0] if embeddings else None)
     radius = config.phash_max_distance if config.phash_max_distance is not None else radius
     similarity = config.embed_min_similarity if config.embed_min_similarity is not None else similarity
-    ctx = _Context(items, config, radius, similarity, embeddings)
+    confirmed = dedup_pairs(ws)
+    ctx = _Context(items, config, radius, similarity, embeddings, confirmed)
     n = len(items)
 
     pair_sets: list[np.ndarray] = []
     key_sets: list[list[Any]] = []
-    for name in config.group_by:
-        pairs, keys = GROUPING_RULES[name](ctx)
-        pair_sets.append(pairs)
-        if keys is not None:
-            key_sets.append(keys)
+    with stage_steps("split", [f"grouping by {g}" for g in config.group_by], config.progress) as done:
+        for name in config.group_by:
+            pairs, keys = GROUPING_RULES[name](ctx)
+            pair_sets.append(pairs)
+            if keys is not None:
+                key_sets.append(keys)
+            done(name)
     labels = components(n, pair_sets, key_sets) if n else np.zeros(0, dtype=np.int64)
 
     item_ids = items["item_id"].astype(str).to_numpy()
@@ -512,9 +542,15 @@ def assign_splits(
     items = items.copy()
     items["split"] = final
     items["split_group"] = [group_key[int(g)] for g in labels]
-    report = find_leaks(
-        items[items["status"] == "valid"], radius, embeddings, similarity if embeddings else None
-    )
+    with stage_steps("split", ["leak check"], config.progress) as done:
+        report = find_leaks(
+            items[items["status"] == "valid"],
+            radius,
+            embeddings,
+            similarity if embeddings else None,
+            pairs=confirmed,
+        )
+        done("leak check")
     by_stratum: dict[str, dict[str, int]] = {}
     for stratum, per_split in sorted(counts.items()):
         by_stratum[stratum] = {s: int(per_split[i]) for i, s in enumerate(SPLITS)}

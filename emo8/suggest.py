@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from emo8.catalog import utc_now
+from emo8.progress import stage_bar, stage_steps
 from emo8.taxonomy import EMOTIONS, normalise_label, prompts
 from emo8.workspace import Workspace
 
@@ -562,12 +563,10 @@ def fit_suggester(x: np.ndarray, y: np.ndarray, config: SuggestConfig, context: 
     return Suggester(sources, pooling, oof, pooled, skipped)
 
 
-def evaluate(
-    suggester: Suggester, y: np.ndarray, groups: Sequence[str] | None, config: SuggestConfig
-) -> dict[str, Any]:
-    """Held-out metrics of each source and of the pooling (raw and calibrated), overall and per group."""
-    if len(y) == 0:
-        return {"note": "no labelled items: nothing to evaluate"}
+def held_out_probs(
+    suggester: Suggester, y: np.ndarray, config: SuggestConfig
+) -> tuple[dict[str, np.ndarray], str]:
+    """``({source or pooling: held-out probabilities of the labelled items}, how they were obtained)``."""
     table: dict[str, np.ndarray] = dict(suggester.oof)
     crossed = cross_fitted(suggester.oof, y, config.seed)
     note = (
@@ -579,6 +578,21 @@ def evaluate(
         note = "too few labels to cross-fit the pooling: pooled rows are in-sample (optimistic)"
     else:
         table["combined_uncalibrated"], table["combined"] = crossed
+    return table, note
+
+
+def evaluate(
+    suggester: Suggester,
+    y: np.ndarray,
+    groups: Sequence[str] | None,
+    config: SuggestConfig,
+    held: tuple[dict[str, np.ndarray], str] | None = None,
+) -> dict[str, Any]:
+    """Held-out metrics of each source and of the pooling (raw and calibrated), overall and per group (``held``:
+    :func:`held_out_probs`, when already computed)."""
+    if len(y) == 0:
+        return {"note": "no labelled items: nothing to evaluate"}
+    table, note = held if held is not None else held_out_probs(suggester, y, config)
     report: dict[str, Any] = {
         "note": note,
         "majority_baseline": round(float(np.bincount(y).max() / len(y)), 4),
@@ -618,6 +632,7 @@ class SuggestSummary:
     predicted: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     report_path: str | None = None
+    html_path: str | None = None
 
 
 def collect_labels(ws: Workspace, sources: Sequence[str] = LABEL_SOURCES) -> pd.DataFrame:
@@ -761,8 +776,6 @@ def suggest(
     -------
     A :class:`SuggestSummary`; ``reports/suggest.json`` is written whenever something was computed.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     notes = notes if notes is not None else []
     started = time.monotonic()
     ids, matrix = load_embeddings(ws, config.model)
@@ -788,25 +801,21 @@ def suggest(
     order = np.argsort(lab_rows, kind="stable")
     x_lab = np.asarray(matrix[lab_rows[order]], dtype=np.float32)[np.argsort(order, kind="stable")]
     y = np.array([EMOTIONS.index(lab) for lab in labels["label"]], dtype=np.int64)
-    suggester = fit_suggester(x_lab, y, config, context)
-    summary.sources = list(suggester.sources)
-    summary.skipped = suggester.skipped
-    summary.pooling = suggester.pooling.as_dict()
-    domains = items.set_index("item_id")["domain"].reindex(labels["item_id"]).fillna("(none)").astype(str)
-    summary.metrics = evaluate(suggester, y, list(domains), config)
+    with stage_steps("suggest", ["fitting the sources", "held-out evaluation"], progress) as done:
+        suggester = fit_suggester(x_lab, y, config, context)
+        done("fitting the sources")
+        summary.sources = list(suggester.sources)
+        summary.skipped = suggester.skipped
+        summary.pooling = suggester.pooling.as_dict()
+        domains = items.set_index("item_id")["domain"].reindex(labels["item_id"]).fillna("(none)").astype(str)
+        held = held_out_probs(suggester, y, config) if len(y) else None
+        summary.metrics = evaluate(suggester, y, list(domains), config, held)
+        done("held-out evaluation")
 
     oof_row = {item_id: i for i, item_id in enumerate(labels["item_id"])}
     todo_ids = list(todo["item_id"])
     predicted: Counter[str] = Counter()
-    bar = Progress(
-        TextColumn("[bold]suggest"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    )
-    with bar:
-        task = bar.add_task("suggest", total=len(todo_ids))
+    with stage_bar("suggest", len(todo_ids), progress, "writing suggestions") as advance:
         # rows in embedding order, so memory-mapped reads are sequential
         todo_ids.sort(key=lambda i: row_of[i])
         for chunk_positions in _batches(range(len(todo_ids)), config.batch_size):
@@ -831,10 +840,20 @@ def suggest(
                 },
             )
             summary.suggested += len(chunk)
-            bar.advance(task, len(chunk))
+            advance(len(chunk))
     summary.predicted = dict(predicted)
     summary.seconds = time.monotonic() - started
     summary.report_path = str(_write_report(ws, config, summary, notes))
+    from emo8.suggest_report import write_suggest_html
+
+    summary.html_path = str(
+        write_suggest_html(
+            ws,
+            json.loads(Path(summary.report_path).read_text()),
+            held[0] if held is not None else {},
+            y,
+        )
+    )
     return summary
 
 

@@ -2,8 +2,9 @@
 
 :func:`take_down` finds the items a request names (by the sha256 of the bytes, by URL - the image URL, an origin's
 URL or the page it was published on - or by author), widens the set to every copy the workspace holds (the items'
-dedup clusters, identical bytes or pixels, pHash within the dedup radius, and embedding cosine above the dedup
-similarity when embeddings exist), and marks them ``status = removed``, ``reason = takedown``. Nothing is deleted
+dedup clusters, the pairs dedup confirmed - geometrically verified crops, pads and other edits included -,
+identical bytes or pixels, pHash within the dedup radius, and embedding cosine above the dedup similarity when
+embeddings exist), and marks them ``status = removed``, ``reason = takedown``. Nothing is deleted
 unless ``purge`` is set, which deletes the stored bytes (and any HTML report that shows a thumbnail of them).
 
 The request is kept in the catalog (tables ``takedowns`` and ``takedown_hashes``) as hashes only: sha256, pixel
@@ -26,6 +27,7 @@ from emo8.catalog import utc_now
 from emo8.curation import (
     cluster_ids,
     cosine_search,
+    dedup_pairs,
     dedup_thresholds,
     frame,
     hamming_search,
@@ -210,8 +212,9 @@ def _json(value: Any) -> dict[str, Any]:
 
 def copies_of(ws: Workspace, items: pd.DataFrame, hashes: pd.DataFrame) -> set[str]:
     """Item ids of ``items`` that are copies of the images described by ``hashes`` (columns ``item_id``,
-    ``sha256``, ``pixel_hash``, ``phash``): the same dedup cluster, identical bytes or pixels, pHash within the
-    dedup radius, or embedding cosine above the dedup similarity."""
+    ``sha256``, ``pixel_hash``, ``phash``): the same dedup cluster, a pair dedup confirmed (geometrically verified
+    crops and edits included), identical bytes or pixels, pHash within the dedup radius, or embedding cosine above
+    the dedup similarity."""
     if hashes.empty or items.empty:
         return set()
     embeddings = workspace_embeddings(ws)
@@ -221,6 +224,15 @@ def copies_of(ws: Workspace, items: pd.DataFrame, hashes: pd.DataFrame) -> set[s
     seed_ids = set(hashes["item_id"].astype(str))
     seed_clusters = set(clusters[items["item_id"].astype(str).isin(seed_ids)])
     found |= set(items.loc[clusters.isin(seed_clusters), "item_id"].astype(str))
+    confirmed = dedup_pairs(ws)
+    if confirmed is not None:
+        partners = confirmed.partners(seed_ids)
+        found |= partners & set(items["item_id"].astype(str))
+        found |= set(
+            items.loc[
+                clusters.isin(set(clusters[items["item_id"].astype(str).isin(partners)])), "item_id"
+            ].astype(str)
+        )
     for column in ("sha256", "pixel_hash"):
         values = {v for v in hashes[column] if present(v)}
         found |= set(items.loc[items[column].isin(values), "item_id"].astype(str))

@@ -19,13 +19,14 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from emo8.catalog import Catalog, utc_now
+from emo8.catalog import ITEM_COLUMNS, Catalog, utc_now
 from emo8.errors import WorkspaceError
 
 CONFIG_NAME = "emo8.json"
@@ -143,9 +144,47 @@ class Workspace:
 
     # -- catalog views ----------------------------------------------------------------------------------------
 
-    def items(self, columns: list[str] | None = None, where: str | None = None) -> pd.DataFrame:
-        """Return the catalog as a DataFrame, one row per item (see docs/catalog.md for the columns)."""
-        return self.catalog.items(columns, where)
+    def items(self, columns: Sequence[str] | None = None, where: str | None = None) -> pd.DataFrame:
+        """Return the catalog as a DataFrame, one row per item, optionally filtered by SQL ``where``.
+
+        Without ``columns``, every column of docs/catalog.md (:data:`emo8.catalog.ITEM_COLUMNS`) in that order,
+        whatever stages have run: a column a stage has not added yet is all-null. Columns holding JSON lists
+        (``person_boxes``, ``face_boxes``, ``suggestion_probs``, ``label_distribution``) come back parsed, as
+        lists (None where empty); text cells are None where empty, numbers NaN. ``where`` is SQL over the columns
+        the catalog has now.
+
+        Raises
+        ------
+        WorkspaceError
+            For a column name that is neither documented nor in the catalog.
+        """
+        from emo8.curation import json_list  # curation builds on this module
+
+        existing = self.catalog.columns()
+        wanted = (
+            list(dict.fromkeys(columns))
+            if columns
+            else [*ITEM_COLUMNS, *(c for c in existing if c not in ITEM_COLUMNS)]
+        )
+        unknown = [c for c in wanted if c not in ITEM_COLUMNS and c not in existing]
+        if unknown:
+            raise WorkspaceError(
+                f"unknown item column(s) {', '.join(unknown)}; the columns are listed in docs/catalog.md"
+            )
+        have = set(existing)
+        selected = [c for c in wanted if c in have] or ["item_id"]
+        df = self.catalog.items(selected, where)
+        for column in wanted:
+            kind = ITEM_COLUMNS.get(column, "text")
+            if column not in df.columns:
+                df[column] = [None] * len(df) if kind in ("text", "list") else float("nan")
+            elif kind == "list":
+                df[column] = pd.Series([json_list(v) for v in df[column]], index=df.index, dtype=object)
+            elif kind in ("integer", "real"):
+                df[column] = pd.to_numeric(df[column], errors="coerce")
+            else:
+                df[column] = df[column].astype(object).where(df[column].notna(), None)
+        return df[wanted]
 
     def origins(self, item_id: str | None = None) -> pd.DataFrame:
         """Return the origins table (every place each item was found)."""

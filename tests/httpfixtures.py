@@ -3,15 +3,15 @@
 :class:`LoopbackServer` runs an aiohttp server on a free ``127.0.0.1`` port (or another loopback address)
 in a background thread with its own event loop. Requests are dispatched by exact path through
 ``server.routes`` (a plain dict, editable while the server runs) and otherwise served from ``directory``
-when one is given (404 else). Every request is recorded (method, path, headers, time), and the server
-tracks how many requests were in flight at once.
+when one is given (404 else). Every request is recorded (method, path, headers, time from ``clock``), and
+the server tracks how many requests were in flight at once.
 
     with LoopbackServer({"/a.jpg": respond(jpeg, content_type="image/jpeg")}) as server:
         fetch(server.url("/a.jpg"))
         assert server.hits("/a.jpg") == 1
 
 Canned handlers (:func:`respond`, :func:`redirect`, :func:`sequence`, :func:`stall`, :func:`endless`,
-:func:`reset_after`, :func:`delayed`) build the misbehaving servers that crawl tests need.
+:func:`reset_after`, :func:`delayed`, :func:`gathered`) build the misbehaving servers that crawl tests need.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ __all__ = [
     "RecordedRequest",
     "delayed",
     "endless",
+    "gathered",
     "http_server",
     "redirect",
     "reset_after",
@@ -76,10 +77,12 @@ class LoopbackServer:
         host: str = "127.0.0.1",
         port: int = 0,
         cache_files: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.routes: dict[str, Handler] = dict(routes or {})
         self.directory = Path(directory).resolve() if directory is not None else None
         self.cache_files = cache_files
+        self.clock = clock
         self._file_cache: dict[Path, bytes] = {}
         self.host, self.port = host, port
         self.requests: list[RecordedRequest] = []
@@ -176,7 +179,7 @@ class LoopbackServer:
                 request.path,
                 request.path_qs,
                 CIMultiDict(request.headers),
-                time.monotonic(),
+                self.clock(),
                 request.host,
             )
         )
@@ -254,25 +257,70 @@ def delayed(inner: Handler, seconds: float) -> Handler:
     return handler
 
 
-def stall(seconds: float = 30.0, after_headers: bool = False, content_type: str = "image/jpeg") -> Handler:
-    """Hang for ``seconds``: before sending anything, or after the headers and a first body chunk."""
+def gathered(count: int, inner: Handler, timeout: float = 10.0) -> Handler:
+    """Hold requests until ``count`` of them are waiting, then hand them all to ``inner`` (a reusable barrier).
+
+    Makes concurrency deterministic: ``server.max_inflight`` reaches ``count`` whenever the client allows that
+    many requests at once, and exceeds it only when the client sends more. After ``timeout`` seconds without
+    the barrier filling (the client allows fewer), the waiting requests are answered anyway.
+    """
+    barrier: list[asyncio.Barrier] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        if not after_headers:
-            await asyncio.sleep(seconds)
-            return web.Response(body=b"late", content_type=content_type)
-        response = web.StreamResponse(headers={"Content-Type": content_type})
-        response.content_length = 1 << 20
-        await response.prepare(request)
-        await response.write(b"\xff\xd8\xff" + b"\0" * 1021)
-        await asyncio.sleep(seconds)
+        if not barrier:  # created on the server's event loop
+            barrier.append(asyncio.Barrier(count))
+        try:
+            await asyncio.wait_for(barrier[0].wait(), timeout)
+        except (TimeoutError, asyncio.BrokenBarrierError):
+            await barrier[0].abort()
+        return await inner(request)
+
+    return handler
+
+
+def stall(
+    seconds: float = 30.0,
+    after_headers: bool = False,
+    content_type: str = "image/jpeg",
+    outcomes: list[str] | None = None,
+) -> Handler:
+    """Hang for ``seconds``: before sending anything, or after the headers and a first body chunk.
+
+    ``outcomes`` gets ``"cancelled"`` for each request whose client went away during the stall (the handler
+    is cancelled), ``"finished"`` for each one that waited the stall out.
+    """
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            if not after_headers:
+                await asyncio.sleep(seconds)
+                response: web.StreamResponse = web.Response(body=b"late", content_type=content_type)
+            else:
+                response = web.StreamResponse(headers={"Content-Type": content_type})
+                response.content_length = 1 << 20
+                await response.prepare(request)
+                await response.write(b"\xff\xd8\xff" + b"\0" * 1021)
+                await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            if outcomes is not None:
+                outcomes.append("cancelled")
+            raise
+        if outcomes is not None:
+            outcomes.append("finished")
         return response
 
     return handler
 
 
-def endless(chunk: bytes = b"\0" * 65536, content_type: str = "image/jpeg", limit: int = 1 << 32) -> Handler:
-    """Stream a chunked body that never ends (until ``limit`` bytes, or the client goes away)."""
+def endless(
+    chunk: bytes = b"\0" * 65536,
+    content_type: str = "image/jpeg",
+    limit: int = 1 << 32,
+    sent_log: list[int] | None = None,
+) -> Handler:
+    """Stream a chunked body that never ends (until ``limit`` bytes, or the client goes away).
+
+    ``sent_log`` gets the number of bytes written before the handler stopped, one entry per request."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": content_type})
@@ -285,6 +333,9 @@ def endless(chunk: bytes = b"\0" * 65536, content_type: str = "image/jpeg", limi
                 sent += len(chunk)
         except ConnectionError:
             pass
+        finally:
+            if sent_log is not None:
+                sent_log.append(sent)
         return response
 
     return handler

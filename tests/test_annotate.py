@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from aiohttp import web
+from httpfixtures import Handler
 from typer.testing import CliRunner
 
 from emo8 import Workspace
@@ -178,6 +180,7 @@ def _annotate(
 # -- a full round ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.labelstudio
 def test_full_round(
     ls_server: LiveServer, annotators: dict[str, Client], sample_paths: list[Path], tmp_path: Path
@@ -310,7 +313,7 @@ def test_full_round(
         1.0,
         1,
     ]
-    assert json.loads(labels.loc[selected[1], "label_distribution"])[1] == 1.0
+    assert labels.loc[selected[1], "label_distribution"][1] == 1.0  # Workspace.items parses JSON lists
     expect = {
         selected[0]: (EMOTIONS[0], 0, "too_few_votes"),
         selected[6]: ("awe", 1, None),
@@ -327,10 +330,10 @@ def test_full_round(
             settled,
             reason,
         ), item_id
-    distribution = json.loads(labels.loc[selected[6], "label_distribution"])
+    distribution = labels.loc[selected[6], "label_distribution"]
     assert distribution[EMOTIONS.index("awe")] == pytest.approx(2 / 3)
     assert distribution[EMOTIONS.index("excitement")] == pytest.approx(1 / 3)
-    assert json.loads(labels.loc[selected[8], "label_distribution"]) == [0.0] * 8
+    assert labels.loc[selected[8], "label_distribution"] == [0.0] * 8
     for item_id in gold_items:  # gold items keep their known label
         assert labels.loc[item_id, "label"] == gold_truth[item_id] and labels.loc[item_id, "settled"] == 1
     for item_id in set(gold_pool) - gold_items:  # unused gold candidates were never annotated
@@ -388,6 +391,7 @@ def pd_isna(value: Any) -> bool:
     return bool(pd.isna(value))
 
 
+@pytest.mark.slow
 @pytest.mark.labelstudio
 def test_pull_survives_a_server_restart_and_a_failed_pull_writes_nothing(
     ls_server: LiveServer, annotators: dict[str, Client], sample_paths: list[Path], tmp_path: Path
@@ -544,15 +548,25 @@ def test_export_of_another_workspace_is_rejected(ws: Workspace, tmp_path: Path) 
 
 
 def test_check_export_accepts_the_real_shape() -> None:
-    check_export(
-        [
-            {
-                "id": 1,
-                "data": {"item_id": "a"},
-                "annotations": [{"id": 2, "completed_by": {"id": 3}, "result": []}],
-            }
-        ]
+    """Label Studio's JSON export nests the user as an object; it passes the check and parses to the user and the
+    choice, while the same task without a user id is refused."""
+    from emo8.annotate.export import parse_tasks
+
+    user = {"id": 3, "email": "ann@emo8.test", "first_name": "", "last_name": ""}
+    annotation = {"id": 2, "completed_by": user, "result": CONFIG.choice_result("awe"), "lead_time": 2.5}
+    export = [{"id": 1, "data": {"item_id": "a"}, "annotations": [annotation]}]
+    check_export(export)  # raises on anything unusable
+    (record,) = parse_tasks(export, CONFIG).records
+    assert (record.annotation_id, record.task_id, record.item_id) == (2, 1, "a")
+    assert (record.annotator, record.annotator_id, record.choice, record.lead_time) == (
+        "ann@emo8.test",
+        3,
+        "awe",
+        2.5,
     )
+    nameless = [{**export[0], "annotations": [{**annotation, "completed_by": {"email": "ann@emo8.test"}}]}]
+    with pytest.raises(ExportFormatError, match="has no 'completed_by' user"):
+        check_export(nameless)
 
 
 def test_push_needs_a_selection(ws: Workspace) -> None:
@@ -734,77 +748,153 @@ def test_a_write_that_fails_half_way_leaves_nothing(ws: Workspace) -> None:
     assert store.round("w")["pulled_at"] is None  # type: ignore[index]
 
 
-def test_client_retries_reads_not_creations_and_reads_full_annotations_from_servers_without_expand() -> None:
-    from aiohttp import web
+# -- the client's failure handling, against the real server behind a fault-injecting proxy -------------------------
+
+
+def _forward(
+    upstream: str,
+    *,
+    edit_request: Callable[[web.Request, dict[str, str], dict[str, str]], None] | None = None,
+    edit_json: Callable[[Any], Any] | None = None,
+    status: int | None = None,
+) -> Handler:
+    """Pass the request on to the real server and its answer back; ``edit_request(request, query, headers)`` may
+    change what is sent, ``edit_json`` what comes back, and ``status`` replaces the status the client sees (the
+    request has reached the server all the same)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        import aiohttp
+
+        query = dict(request.query)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        if edit_request is not None:
+            edit_request(request, query, headers)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                upstream + request.path,
+                params=query,
+                headers=headers,
+                data=await request.read(),
+                allow_redirects=False,
+            ) as answer,
+        ):
+            body = await answer.read()
+            ctype = answer.headers.get("Content-Type", "application/json")
+            code = answer.status
+        if edit_json is not None and code == 200:
+            body = json.dumps(edit_json(json.loads(body))).encode()
+        return web.Response(status=status or code, body=body, headers={"Content-Type": ctype})
+
+    return handler
+
+
+def _project_with_tasks(
+    ls_server: LiveServer, annotator: Client, title: str, n: int
+) -> tuple[int, list[int]]:
+    """A real project with ``n`` tasks, each annotated 'awe' by ``annotator``; returns its id and the task ids."""
+    admin = ls_server.client()
+    project_id = int(admin.create_project(title=title, label_config=CONFIG.xml).id)
+    task_ids = admin.import_tasks(
+        project_id, [{"data": {"image": "x", "item_id": f"i{k}"}} for k in range(n)]
+    )
+    for task_id in task_ids:
+        _annotate(annotator, task_id, "awe")
+    return project_id, task_ids
+
+
+@pytest.mark.labelstudio
+def test_client_retries_reads_not_creations_and_reads_full_annotations_from_servers_without_expand(
+    ls_server: LiveServer, annotators: dict[str, Client]
+) -> None:
     from httpfixtures import LoopbackServer, respond, sequence, stall
     from label_studio_sdk.core.api_error import ApiError
 
-    annotation = {"id": 9, "completed_by": 1, "result": CONFIG.choice_result("awe")}
+    annotator = annotators["ann0@emo8.test"]
+    project_id, (task_id,) = _project_with_tasks(ls_server, annotator, "client-retries", 1)
+
+    def stubs(body: Any) -> Any:  # an older server ignores expand: annotations come back as id-only stubs
+        for task in body.get("tasks", []):
+            task["annotations"] = [{"id": a["id"]} for a in task.get("annotations", [])]
+        return body
+
+    def drop_expand(request: web.Request, query: dict[str, str], headers: dict[str, str]) -> None:
+        query.pop("expand", None)
 
     async def tasks(request: web.Request) -> web.StreamResponse:
-        stub = "expand" in request.query  # this server ignores expand: annotations come back as stubs
-        task = {"id": 1, "data": {"item_id": "a"}, "annotations": [{"id": 9} if stub else annotation]}
-        return web.json_response({"total": 1, "tasks": [task]})
+        stub = "expand" in request.query
+        return await _forward(ls_server.url, edit_request=drop_expand, edit_json=stubs if stub else None)(
+            request
+        )
 
     routes = {
+        "/api/token/refresh/": _forward(ls_server.url),
         "/api/tasks/": sequence(respond(b"busy", status=503), tasks),
-        "/api/projects/1/import": respond(b"boom", status=500),
-        "/api/projects/2/": stall(30.0),
+        # the import reaches the server and lands, but the client sees a 500: it must not send it again
+        f"/api/projects/{project_id}/import": _forward(ls_server.url, status=500),
+        f"/api/projects/{project_id}/": stall(30.0),
     }
-    with LoopbackServer(routes) as server:
-        client = Client(
-            server.url("/").rstrip("/"), "legacy-token", replace(FAST, backoff=0.01, deadline=5.0)
-        )
-        (page,) = list(client.task_pages(1, page_size=10))
-        assert page[0]["annotations"] == [annotation]
-        assert server.hits("/api/tasks/") == 3  # 503, stubs, full
+    with LoopbackServer(routes) as proxy:
+        client = Client(proxy.base_url, ls_server.server.api_key, replace(FAST, backoff=0.01, deadline=20.0))
+        (page,) = list(client.task_pages(project_id, page_size=10))
+        assert [t["id"] for t in page] == [task_id]
+        (annotation,) = page[0]["annotations"]  # the full annotation, read again with fields=all
+        assert CONFIG.parse_result(annotation["result"]).choice == "awe"
+        assert proxy.hits("/api/tasks/") == 3  # 503, stubs, full
         with pytest.raises(ApiError):
-            client.import_tasks(1, [{"data": {"image": "x", "item_id": "a"}}])
-        assert server.hits("/api/projects/1/import") == 1  # a creation that may have landed is not repeated
+            client.import_tasks(project_id, [{"data": {"image": "x", "item_id": "late"}}])
+        assert proxy.hits(f"/api/projects/{project_id}/import") == 1  # a creation that may have landed: once
+        landed = [
+            t["data"]["item_id"]
+            for p in ls_server.client().task_pages(project_id, annotations=False)
+            for t in p
+        ]
+        assert sorted(landed) == ["i0", "late"]  # it did land, exactly once
         slow = Client(
-            server.url("/").rstrip("/"), "legacy-token", ClientConfig(timeout=0.3, deadline=1.0, backoff=0.1)
+            proxy.base_url, ls_server.server.api_key, ClientConfig(timeout=0.3, deadline=1.0, backoff=0.1)
         )
         with pytest.raises(ServerUnavailable, match="did not answer"):
-            slow.project(2)
-        assert server.hits("/api/projects/2/") >= 2
+            slow.project(project_id)
+        assert proxy.hits(f"/api/projects/{project_id}/") >= 2
 
 
-def test_task_pages_exchange_a_personal_access_token_and_again_when_the_access_token_expires() -> None:
-    """Label Studio's JWT flow on a loopback server: refresh token -> access token; a 401 (expired access) makes
-    the client exchange the refresh token again and repeat the read, once."""
-    from aiohttp import web
+@pytest.mark.labelstudio
+def test_task_pages_exchange_a_personal_access_token_and_again_when_the_access_token_expires(
+    ls_server: LiveServer, annotators: dict[str, Client]
+) -> None:
+    """Label Studio's JWT flow: the annotator's personal access token (a refresh token) is exchanged for an access
+    token at the real server; when the server refuses the access token (here: one the proxy corrupts, as if it had
+    expired), the client exchanges the refresh token again and repeats the read, once."""
     from httpfixtures import LoopbackServer
     from label_studio_sdk.core.api_error import ApiError
 
-    refresh_token = "header.refresh-payload.signature"
+    annotator = annotators["ann1@emo8.test"]
+    token = annotator.rest.api_key
+    assert token.count(".") == 2  # a JWT: Label Studio >= 1.23 hands out personal access tokens
+    project_id, task_ids = _project_with_tasks(ls_server, annotator, "client-jwt", 2)
     issued: list[str] = []
-    accepted: set[str] = set()
+    statuses: list[int] = []
 
-    async def refresh(request: web.Request) -> web.Response:
-        body = await request.json()
-        if request.method != "POST" or body != {"refresh": refresh_token}:
-            return web.json_response({"detail": "bad refresh"}, status=401)
-        issued.append(f"access.{len(issued) + 1}.sig")
-        accepted.clear()
-        accepted.add(issued[-1])  # a new access token expires the previous one
-        return web.json_response({"access": issued[-1]})
+    def record(body: Any) -> Any:
+        issued.append(body["access"])
+        return body
 
-    async def tasks(request: web.Request) -> web.Response:
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if token not in accepted:
-            return web.json_response({"detail": "Given token not valid"}, status=401)
-        page = int(request.query["page"])
-        if page == 1:
-            accepted.clear()  # the access token expires between the two pages
-        return web.json_response({"total": 2, "tasks": [{"id": page, "data": {"item_id": str(page)}}]})
+    def expire_once(request: web.Request, query: dict[str, str], headers: dict[str, str]) -> None:
+        if query.get("page") == "2" and not statuses:
+            headers["Authorization"] += "x"  # the server refuses it like an expired one
+            statuses.append(401)
 
-    with LoopbackServer({"/api/token/refresh/": refresh, "/api/tasks/": tasks}) as server:
-        client = Client(server.url("/").rstrip("/"), refresh_token, FAST)
-        pages = list(client.task_pages(1, page_size=1, annotations=False))
-        assert [page[0]["id"] for page in pages] == [1, 2]
-        assert issued == ["access.1.sig", "access.2.sig"]
-        assert server.hits("/api/tasks/") == 3  # page 1, page 2 refused (expired), page 2 again
-        bad = Client(server.url("/").rstrip("/"), "header.wrong.signature", FAST)
+    with LoopbackServer() as proxy:
+        proxy.routes["/api/token/refresh/"] = _forward(ls_server.url, edit_json=record)
+        proxy.routes["/api/tasks/"] = _forward(ls_server.url, edit_request=expire_once)
+        client = Client(proxy.base_url, token, FAST)
+        pages = list(client.task_pages(project_id, page_size=1, annotations=False))
+        assert [page[0]["id"] for page in pages] == sorted(task_ids)
+        assert len(issued) == 2 and statuses == [401]  # exchanged, refused once, exchanged again
+        assert proxy.hits("/api/tasks/") == 3  # page 1, page 2 refused, page 2 again
+        bad = Client(proxy.base_url, "header.wrong.signature", FAST)
         with pytest.raises(ApiError) as refused:
-            list(bad.task_pages(1, annotations=False))
-        assert refused.value.status_code == 401
+            list(bad.task_pages(project_id, annotations=False))
+        assert refused.value.status_code == 401  # the real server refuses a forged refresh token
+        assert len(issued) == 2

@@ -78,7 +78,7 @@ def test_ensure_columns_and_update_items(ws: Workspace) -> None:
     ws.catalog.ensure_columns({"person_boxes": "TEXT"})  # idempotent
     ws.catalog.update_items(ids, {"person_boxes": [[[0, 0, 5, 5, 0.9]], []], "num_faces": [1, 0]})
     frame = ws.items(["item_id", "person_boxes", "num_faces"])
-    assert frame.person_boxes.tolist() == ["[[0, 0, 5, 5, 0.9]]", "[]"]
+    assert frame.person_boxes.tolist() == [[[0, 0, 5, 5, 0.9]], []]  # parsed JSON lists
     with pytest.raises(ValueError, match="values for"):
         ws.catalog.update_items(ids, {"num_faces": [1]})
 

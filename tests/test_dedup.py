@@ -14,11 +14,14 @@ import pandas as pd
 import pytest
 from dedupfixtures import *  # noqa: F403  (the embedded workspaces)
 from dedupfixtures import COPIED, DupSet, ingest_folder, make_copy
+from neardupfixtures import *  # noqa: F403  (the near-duplicate workspace)
+from neardupfixtures import EDITS, ND_CONFIG, names
 from PIL import Image
 from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
+from emo8.curation import dedup_pairs
 from emo8.dedup import (
     DEDUP_COLUMNS,
     EMBED_MIN_SIMILARITY,
@@ -33,11 +36,13 @@ from emo8.similarity import (
     Edges,
     SearchConfig,
     cosine_pairs,
+    cosine_topk,
     guarded_clusters,
     hamming_pairs,
     hex_to_codes,
     mih_plan,
     popcount,
+    verified_clusters,
 )
 
 SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples" / "images"
@@ -68,26 +73,40 @@ def test_tiers_find_the_transformed_copies_and_merge_no_distinct_images(
         row = rows[copy_name]
         assert row["status"] == "duplicate", (copy_name, row.to_dict())
         assert name_of[row["dup_of"]] == original, copy_name  # the original is canonical (larger or earlier)
-        expected = {"half": "perceptual", "q30": "perceptual", "flip": "semantic"}[transform]
-        assert row["dup_tier"] == expected, (copy_name, row["dup_tier"])
-    # identical pixels in two formats: the exact tier
-    assert rows["zz-exact-b.png"]["dup_tier"] == "exact" and rows["zz-exact-b.png"]["dup_score"] == 1.0
-    assert name_of[rows["zz-exact-b.png"]["dup_of"]] == "zz-exact-a.bmp"
+        expected = {"half": ("perceptual",), "q30": ("perceptual",), "flip": ("verified", "semantic")}[
+            transform
+        ]
+        assert row["dup_tier"] in expected, (copy_name, row["dup_tier"])
+        if row["dup_tier"] == "verified":  # the mirrored copy: verified against the mirrored keypoints
+            assert row["dup_inliers"] >= CONFIG.verification.min_inliers
+    # identical pixels in two formats, a 90-degree rotation of skm-0006: the exact tier pairs them, and geometric
+    # verification (rotation-invariant keypoints) puts them in skm-0006's cluster
+    for name in ("zz-exact-a.bmp", "zz-exact-b.png"):
+        assert name_of[rows[name]["dup_of"]] == "skm-0006.jpg" and rows[name]["dup_tier"] in (
+            "verified",
+            "exact",
+        )
+    pairs = dedup_pairs(dup_ws)
+    assert pairs is not None
+    exact = pairs.pairs[pairs.pairs.tier == "exact"]
+    assert {name_of[exact.a.iat[0]], name_of[exact.b.iat[0]]} == {"zz-exact-a.bmp", "zz-exact-b.png"}
     # every bundled sample is a distinct image: none is marked a duplicate of another
     originals = items[~items.name.str.startswith("zz-")]
     assert (originals.status == "valid").all(), originals[originals.status != "valid"][["name", "dup_of"]]
     copies_of = {c: o for c, (o, _) in dup_template.copies.items()}
     for _, row in items[items.status == "duplicate"].iterrows():
         canonical = name_of[row["dup_of"]]
-        assert canonical in (copies_of.get(row["name"]), "zz-exact-a.bmp"), (row["name"], canonical)
+        assert canonical in (copies_of.get(row["name"]), "skm-0006.jpg"), (row["name"], canonical)
     report = result.report
     assert report["clusters"] == len(COPIED) + 1
-    assert report["cluster_size_histogram"] == {"2": 1, "4": len(COPIED)}
-    assert report["duplicates_per_tier"] == {
-        "perceptual": 2 * len(COPIED),
-        "semantic": len(COPIED),
-        "exact": 1,
-    }
+    assert report["cluster_size_histogram"] == {"3": 1, "4": len(COPIED)}
+    per_tier = report["duplicates_per_tier"]
+    assert per_tier["perceptual"] == 2 * len(COPIED)
+    assert (
+        per_tier.get("verified", 0) + per_tier.get("semantic", 0) + per_tier.get("exact", 0)
+        == len(COPIED) + 2
+    )
+    assert report["verification"]["pairs"] > 0 and report["verification"]["pairs_per_second"] > 0
 
 
 def test_capped_matches_keep_the_clusters_when_the_canonical_ranks_first(dup_ws: Workspace) -> None:
@@ -161,7 +180,10 @@ def test_chain_of_real_crops_is_not_merged_into_one_cluster(tmp_path: Path) -> N
     groups = items.dup_of.fillna(items.item_id)
     assert groups.iloc[0] != groups.iloc[-1]  # the two ends of the chain are not merged
     members = items[items.status == "duplicate"]
-    assert (members.dup_score >= EMBED_MIN_SIMILARITY["efficientnet-lite0"] - 1e-3).all()
+    semantic = members[members.dup_tier == "semantic"]
+    assert (semantic.dup_score >= EMBED_MIN_SIMILARITY["efficientnet-lite0"] - 1e-3).all()
+    verified = members[members.dup_tier == "verified"]
+    assert (verified.dup_inliers >= CONFIG.verification.min_inliers).all()
 
 
 # -- canonical policy, re-runs --------------------------------------------------------------------------------------
@@ -257,15 +279,15 @@ def test_items_matching_a_benchmark_folder_become_contaminated(dup_ws: Workspace
     items = _frame(dup_ws)
     bad = items[items.status == "contaminated"]
     names = set(bad.name)
-    # skm-0006 also has its rotated PNG/BMP copies in the workspace, but those are not the same picture
-    assert {"skm-0006.jpg", "gcq-0086.jpg"} <= names
-    assert names <= {"skm-0006.jpg", "gcq-0086.jpg"}
+    # skm-0006's rotated PNG/BMP copies in the workspace leak with it (its cluster)
+    assert names == {"skm-0006.jpg", "gcq-0086.jpg", "zz-exact-a.bmp", "zz-exact-b.png"}
     by = dict(zip(bad.name, bad.contaminated_by, strict=True))
     assert by["skm-0006.jpg"].endswith("leaked-resized.jpg") and by["gcq-0086.jpg"].endswith(
         "leaked-mirrored.jpg"
     )
     tiers = dict(zip(bad.name, bad.contaminated_tier, strict=True))
-    assert tiers == {"skm-0006.jpg": "perceptual", "gcq-0086.jpg": "semantic"}
+    assert tiers["skm-0006.jpg"] == "perceptual" and tiers["gcq-0086.jpg"] in ("verified", "semantic")
+    assert {tiers["zz-exact-a.bmp"], tiers["zz-exact-b.png"]} <= {"cluster", "verified"}
     assert result.report["contamination"]["reference_images"] == 3
     # a later run without --against keeps them contaminated
     dedup(dup_ws, CONFIG)
@@ -305,7 +327,7 @@ def test_reports_json_and_self_contained_gallery(dup_ws: Workspace) -> None:
     result = dedup(dup_ws, DedupConfig(semdedup_eps=(0.01, 0.5), workers=1, device="cpu"))
     report = json.loads((dup_ws.reports_dir / "dedup.json").read_text())
     assert report["thresholds"]["phash_max_distance"] == PHASH_MAX_DISTANCE
-    assert set(report["pairs_per_tier"]) == {"exact", "perceptual", "semantic"}
+    assert set(report["pairs_per_tier"]) == {"exact", "perceptual", "verified", "semantic"}
     assert report["cluster_size_histogram"] and report["largest_cluster"] >= 2
     rates = report["semdedup"]["eps"]
     assert rates["0.01"]["rate"] <= rates["0.5"]["rate"] and rates["0.5"]["removed"] > 0
@@ -453,3 +475,100 @@ def test_no_workspace_needed_for_a_copy(tmp_path: Path, dup_template: DupSet) ->
     shutil.copytree(dup_template.root, tmp_path / "copy")
     ws = Workspace.open(tmp_path / "copy")
     assert set(ws.items(["status"]).status) == {"valid"}
+
+
+# -- whole-image embeddings, geometric verification, clusters that stay whole -------------------------------------
+
+
+def test_a_small_crop_of_a_tall_clipart_is_found(neardup_ws: Workspace) -> None:
+    """A 4 %-per-side crop of a 362 x 512 clip-art: the case that leaked into a release."""
+    ids = names(neardup_ws)
+    items = _frame(neardup_ws).set_index("item_id")
+    crop = items.loc[ids["crop4.jpg"]]
+    assert crop["status"] == "duplicate" and crop["dup_of"] == ids["ocl-0083.jpg"]
+    assert crop["dup_tier"] in ("perceptual", "verified", "semantic")
+    pairs = dedup_pairs(neardup_ws)
+    assert pairs is not None and ids["ocl-0083.jpg"] in pairs.partners({ids["crop4.jpg"]})
+
+
+def test_look_alikes_at_high_cosine_are_not_merged(neardup_ws: Workspace) -> None:
+    """Two different balloon drawings (cosine > 0.8) and one card template around two different photos: geometric
+    verification rejects them, so neither pair is a duplicate (cosine alone at the old threshold 0.79 merged them)."""
+    ids = names(neardup_ws)
+    stored, matrix = load_embeddings(neardup_ws, "efficientnet-lite0")
+    row = {item_id: k for k, item_id in enumerate(stored)}
+    vec = {n: np.asarray(matrix[row[ids[n]]], np.float32) for n in ("balloon-red.png", "balloon-green.png")}
+    assert float(vec["balloon-red.png"] @ vec["balloon-green.png"]) > 0.8
+    items = _frame(neardup_ws).set_index("item_id")
+    pairs = dedup_pairs(neardup_ws)
+    assert pairs is not None
+    for a, b in (("balloon-red.png", "balloon-green.png"), ("card-a.jpg", "card-b.jpg")):
+        assert items.loc[ids[a], "status"] == items.loc[ids[b], "status"] == "valid", (a, b)
+        assert ids[b] not in pairs.partners({ids[a]})
+    # the same pair under the old notion (cosine >= 0.79, no verification) was a duplicate
+    old = dedup(neardup_ws, replace(ND_CONFIG, tiers=("exact", "perceptual", "semantic"), embed_min_similarity=0.79,
+                                    dry_run=True))  # fmt: skip
+    frame = old.frame.set_index("item_id")
+    assert {ids["balloon-red.png"], ids["balloon-green.png"]} & set(frame.dup_of.dropna())
+
+
+def test_a_group_of_everyday_edits_stays_one_cluster_with_evidence(neardup_ws: Workspace) -> None:
+    ids = names(neardup_ws)
+    items = _frame(neardup_ws).set_index("item_id")
+    group = [ids["lom-0005.jpg"]] + [ids[f"edit-{e}.jpg"] for e in EDITS]
+    heads = {items.loc[i, "dup_of"] if isinstance(items.loc[i, "dup_of"], str) else i for i in group}
+    assert len(heads) == 1, items.loc[group, ["dup_of", "dup_tier", "dup_score", "dup_inliers"]]
+    canonical = heads.pop()
+    members = items.loc[[i for i in group if i != canonical]]
+    assert (members.status == "duplicate").all()
+    verified = members[members.dup_tier == "verified"]
+    assert len(verified) >= 3  # crops, pads, captions, rotations are found by verification, not by cosine
+    assert (verified.dup_inliers >= ND_CONFIG.verification.min_inliers).all()
+    assert members.dup_score.notna().all()
+    html = (neardup_ws.reports_dir / "dedup.html").read_text()
+    assert "inliers" in html and "verified" in html
+    # nothing else joined the group
+    assert set(items.index[items.dup_of == canonical]) | {canonical} == set(group)
+
+
+def test_verification_is_bounded_to_k_candidates_per_item(neardup_ws: Workspace) -> None:
+    n = len(_frame(neardup_ws))
+    counts = {}
+    for k in (1, 4):
+        config = replace(ND_CONFIG, dry_run=True, verification=replace(ND_CONFIG.verification, k=k))
+        report = dedup(neardup_ws, config).report["verification"]
+        counts[k] = report["grey_zone_pairs"]
+        assert report["grey_zone"]["k"] == k
+        assert counts[k] <= 2 * k * n  # k nearest embeddings + at most k hash candidates per item
+        assert report["pairs"] >= counts[k] and report["pairs_per_second"] > 0
+    assert counts[1] < counts[4]
+    # the candidate search itself: at most k per query
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pairs = cosine_topk(x, 3, -1.0, queries=x[:50])
+    assert np.bincount(pairs.i).max() == 3 and len(pairs) == 150
+
+
+def test_chained_members_join_through_enough_links_but_a_single_false_match_does_not_merge() -> None:
+    # two groups {0,1,2,3} and {4,5,6}; 3 matches 1 and 2 but not the canonical 0; one false match 2-4
+    i = np.array([0, 0, 1, 2, 2, 4, 4, 5])
+    j = np.array([1, 2, 3, 3, 4, 5, 6, 6])
+    edges = Edges.build([(2, i, j, np.full(len(i), 0.9, np.float32))])
+    clusters = verified_clusters(7, edges, np.arange(7), None, min_links=2)
+    assert clusters.canonical.tolist() == [0, 0, 0, 0, 4, 4, 4]
+    assert clusters.via[3] in (1, 2) and clusters.links[3] == 2
+    assert (clusters.via[[1, 2, 5, 6]] == -1).all()  # direct matches with the canonical
+
+    # verification rejecting 3 against the canonical does not matter: it matches two members that match it
+    def reject_all(members: np.ndarray, canon: np.ndarray) -> tuple[np.ndarray, ...]:
+        m = len(members)
+        return (np.zeros(m, bool), np.ones(m, bool), np.full(m, 2, np.int8), np.zeros(m, np.float32),
+                np.zeros(m, np.int32))  # fmt: skip
+
+    clusters = verified_clusters(7, edges, np.arange(7), reject_all, min_links=2)
+    assert clusters.canonical.tolist() == [0, 0, 0, 0, 4, 4, 4]
+    # a chain 0-1-2-3, each image matching only its neighbours: 2 and 3 do not join 0 through 1
+    chain = Edges.build([(2, np.array([0, 1, 2]), np.array([1, 2, 3]), np.full(3, 0.9, np.float32))])
+    clusters = verified_clusters(4, chain, np.arange(4), reject_all, min_links=2)
+    assert clusters.canonical.tolist() == [0, 0, 2, 2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from emo8 import Workspace
 from emo8.cli import app
 from emo8.embed import EmbedConfig, EmbeddingStore, EmbeddingStoreError, embed, load_embeddings
 from emo8.encoders import (
+    DEFAULT_PREPROCESS,
     EncoderKeyError,
     EncoderSpec,
     WeightsError,
@@ -218,3 +220,46 @@ def test_resumed_run_gives_exactly_the_embeddings_of_an_uninterrupted_one(
 def _names(ws: Workspace, ids: list[str]) -> list[str]:
     items = ws.items(["item_id", "source_path"]).set_index("item_id")
     return [Path(str(items.loc[i, "source_path"])).name for i in ids]
+
+
+def test_whole_image_preprocessing_is_recorded_and_a_change_re_embeds(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("ocl-0083.jpg", "lom-0005.jpg", "skm-0009.jpg"):
+        shutil.copy(SAMPLES / name, folder / name)
+    ws = Workspace.init(tmp_path / "ws")
+    ingest_folder(ws, folder)
+    first = embed(ws, EmbedConfig(device="cpu", workers=0, progress=False, preprocess="center-crop"))
+    store = EmbeddingStore.for_key(ws, "efficientnet-lite0")
+    assert first.new == 3 and first.reset is None and store.preprocess == "center-crop"
+    _, cropped = load_embeddings(ws, "efficientnet-lite0")
+    cropped = np.array(cropped, np.float32)
+    again = embed(ws, EmbedConfig(device="cpu", workers=0, progress=False))  # the default: letterbox
+    assert again.new == 3 and again.reset is not None and "center-crop" in again.reset
+    store = EmbeddingStore.for_key(ws, "efficientnet-lite0")
+    assert store.preprocess == DEFAULT_PREPROCESS == "letterbox"
+    assert json.loads(store.manifest_path.read_text())["preprocess"] == "letterbox"
+    _, whole = load_embeddings(ws, "efficientnet-lite0")
+    assert not np.allclose(cropped, np.array(whole, np.float32), atol=1e-2)  # really recomputed
+    assert (
+        embed(ws, EmbedConfig(device="cpu", workers=0, progress=False)).new == 0
+    )  # same preprocessing: nothing
+    with pytest.raises(ValueError, match="unknown preprocessing"):
+        embed(ws, EmbedConfig(device="cpu", workers=0, progress=False, preprocess="stretch"))
+    assert EmbeddingStore.for_key(ws, "efficientnet-lite0").preprocess == "letterbox"  # untouched
+
+
+def test_letterbox_sees_the_whole_tall_image(lite0: object) -> None:
+    """The tall clip-art's top and bottom rows reach the model; the centre crop cuts them off."""
+    encoder = lite0
+    image = load_rgb(SAMPLES / "ocl-0083.jpg")  # 362 x 512
+    marked = image.copy()
+    marked.paste((255, 0, 0), (0, 0, image.width, 12))  # a red band along the top edge
+    box = encoder.preprocessor("letterbox")  # type: ignore[attr-defined]
+    crop = encoder.preprocessor("center-crop")  # type: ignore[attr-defined]
+    assert box(image).shape == crop(image).shape == (3, 224, 224)
+    assert not torch.allclose(box(image), box(marked))  # the band is seen
+    assert torch.allclose(crop(image), crop(marked))  # the centre crop never sees it
+    side = box(image)
+    padding = side[:, :, :10]  # left of the tall image: the mean colour, zero after normalisation
+    assert torch.allclose(padding, torch.zeros_like(padding), atol=0.01)

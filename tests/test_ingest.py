@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,6 +180,7 @@ def _distinct_jpegs(sample_paths: list[Path], count: int) -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigkill_half_way_then_rerun_accounts_for_every_url_once(
     tmp_path: Path, sample_paths: list[Path]
@@ -227,8 +229,14 @@ def test_sigkill_half_way_then_rerun_accounts_for_every_url_once(
         partial = ws.items()
         assert 20 <= (partial.status == "valid").sum() < len(images)
         assert (partial.status == "pending").sum() > 0
+        stored = set(partial.loc[partial.status == "valid", "url"])
+        srv.reset_stats()
         rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
         assert rerun.returncode == 0, rerun.stderr
+        # the re-run downloaded exactly what the killed run had not stored yet, each image once
+        fetched = Counter(q.path for q in srv.requests if q.path.startswith("/i/"))
+        assert set(fetched.values()) == {1}
+        assert {srv.url(path) for path in fetched} == set(urls) - stored
         items = ws.items()
         origins = ws.origins()
         assert sorted(origins.url) == sorted(urls)  # every URL exactly once
@@ -298,6 +306,7 @@ def test_cli_init_ingest_status(tmp_path: Path, sample_paths: list[Path]) -> Non
     assert missing.exit_code == 2 and "not an Emo8 workspace" in missing.output
 
 
+@pytest.mark.slow
 def test_demo_builds_a_workspace_offline(tmp_path: Path, sample_rows: list[dict[str, str]]) -> None:
     assert run_demo(tmp_path / "demo") == 0
     ws = Workspace.open(tmp_path / "demo" / "workspace")

@@ -18,7 +18,7 @@ from emo8 import Workspace
 from emo8.cli import app
 from emo8.curation import LabelPolicy
 from emo8.ingest import IngestOptions, ingest
-from emo8.release import FEATURE_DOCS, NothingToRelease, ReleaseConfig, ReleaseError, release
+from emo8.release import FEATURE_DOCS, NothingToRelease, ReleaseConfig, ReleaseError, held_back_text, release
 from emo8.sources import create_source
 from emo8.takedown import TakedownRequest, take_down
 from emo8.taxonomy import EMOTIONS
@@ -82,7 +82,7 @@ def test_load_dataset_round_trip_with_class_names(labelled_ws: Workspace, tmp_pa
                 assert row["image"].size == original.size
             assert row["label_distribution"] == pytest.approx(one_hot(EMOTIONS[row["label"]]))
             assert row["num_votes"] == 3 and row["agreement"] == 1.0 and row["label_source"] == "annotation"
-            boxes = json.loads(by_sha.loc[sha, "person_boxes"])
+            boxes = by_sha.loc[sha, "person_boxes"]  # parsed by Workspace.items
             assert len(row["person_boxes"]) == len(boxes)
             for got, want in zip(row["person_boxes"], boxes, strict=True):
                 assert got == pytest.approx(want, rel=1e-6)  # float32
@@ -246,7 +246,7 @@ def test_only_settled_canonical_clean_items_are_released(labelled_ws: Workspace)
     for sha in items["sha256"][:5]:
         assert sha not in manifest["items"]
     assert sum(result.splits.values()) == len(items) - 5
-    assert result.held_back == {"unsettled": 2, "low_agreement": 1}
+    assert result.held_back == {"unsettled:tie": 1, "unsettled:too_few_votes": 1, "low_agreement": 1}
 
 
 def test_cross_split_near_duplicates_are_refused(labelled_ws: Workspace) -> None:
@@ -258,3 +258,85 @@ def test_cross_split_near_duplicates_are_refused(labelled_ws: Workspace) -> None
     with pytest.raises(ReleaseError, match="cross split boundaries"):
         release(labelled_ws, ReleaseConfig("1.0.1"))
     assert not (labelled_ws.releases_dir / "1.0.1").exists()
+
+
+def _section(card: str, title: str) -> str:
+    return card.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_unknown_licences_are_counted_in_the_output_and_the_card(labelled_ws: Workspace) -> None:
+    items = labelled_ws.items(["item_id"], where="status = 'valid' AND settled = 1")
+    ids = list(items["item_id"][:3])
+    labelled_ws.catalog.update_items(ids, {"license": [None, "unknown", ""]})
+    outcome = CliRunner().invoke(app, ["release", "-w", str(labelled_ws.root), "--version", "1.0.0", "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    total = len(items)
+    assert f"3 of {total} released images have no known licence" in outcome.output
+    card = (labelled_ws.releases_dir / "1.0.0" / "README.md").read_text()
+    distribution = _section(card, "Distribution")
+    assert f"**3 of {total} images have no known licence**" in distribution
+    assert "| (unknown) | 3 |" in distribution
+
+
+def test_no_unknown_licence_no_warning(labelled_ws: Workspace) -> None:
+    result = release(labelled_ws, ReleaseConfig("1.0.0", progress=False))
+    assert result.unknown_licences == 0 and not any("licence" in w for w in result.warnings)
+    assert "no known licence" not in (result.path / "README.md").read_text()
+
+
+def test_weak_labels_only_card_describes_no_annotation_round(plain_ws: Workspace) -> None:
+    ids = list(plain_ws.items(["item_id"], where="status = 'valid'")["item_id"][:16])
+    plain_ws.catalog.update_items(ids, {"weak_label": [EMOTIONS[i % 8] for i in range(len(ids))]})
+    result = release(
+        plain_ws, ReleaseConfig("0.1.0", labels=LabelPolicy(allow_weak_labels=True), progress=False)
+    )
+    card = (result.path / "README.md").read_text()
+    annotation = _section(card, "Annotation")
+    assert "weak labels 16" in annotation and "**Weak labels (16).**" in annotation
+    assert "annotators perceived" not in card and "the sources implied" in _section(card, "Uses")
+    for phrase in ("Label Studio", "gold", "annotator(s)", "rounds ("):
+        assert phrase not in annotation, (phrase, annotation)
+
+
+def test_card_names_each_label_method_with_counts(labelled_ws: Workspace) -> None:
+    items = labelled_ws.items(["item_id"], where="status = 'valid' AND settled = 1")
+    ids = list(items["item_id"])
+    # four items lose their annotation and keep a curator's imported label instead
+    labelled_ws.catalog.ensure_columns({"imported_label": "TEXT", "label_method": "TEXT"})
+    labelled_ws.catalog.update_items(
+        ids[:4], {"label": [None] * 4, "settled": [None] * 4, "imported_label": ["awe"] * 4}
+    )
+    labelled_ws.catalog.update_items(ids[4:], {"label_method": ["majority"] * len(ids[4:])})
+    result = release(labelled_ws, ReleaseConfig("1.0.0", progress=False))
+    annotation = _section((result.path / "README.md").read_text(), "Annotation")
+    assert f"annotation rounds {len(ids) - 4}, imported labels 4" in annotation
+    assert "**Imported labels (4).**" in annotation and "majority " + str(len(ids) - 4) in annotation
+    assert "No gold items were used." in annotation and "Weak labels" not in annotation
+
+
+def test_unsettled_items_without_a_label_are_held_back_by_reason(labelled_ws: Workspace) -> None:
+    ids = list(labelled_ws.items(["item_id"], where="status = 'valid' AND settled = 1")["item_id"])
+    # aggregation leaves no label on a tie or when "none / unclear" wins
+    labelled_ws.catalog.update_items(
+        ids[:5],
+        {
+            "label": [None] * 5,
+            "settled": [0] * 5,
+            "unsettled_reason": ["tie", "tie", "unclear", "too_few_votes", None],
+            "num_votes": [4, 2, 3, 1, 3],
+        },
+    )
+    result = release(labelled_ws, ReleaseConfig("1.0.0", progress=False))
+    assert result.held_back == {
+        "unsettled:tie": 2,
+        "unsettled:unclear": 1,
+        "unsettled:too_few_votes": 1,
+        "unsettled": 1,
+    }
+    annotation = _section((result.path / "README.md").read_text(), "Annotation")
+    assert (
+        "Labelled items held back: unsettled 1, unsettled (tie) 2, unsettled (too few votes) 1, "
+        in annotation
+    )
+    assert "unsettled (unclear) 1." in annotation and "held back: none" not in annotation
+    assert held_back_text({}) == "none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -67,19 +68,36 @@ def test_selection_never_picks_excluded_items_and_is_reproducible(
     assert ws.catalog.selection("b") == first.item_ids
 
 
+def test_uncertainty_measures_on_hand_computed_rows() -> None:
+    rows = np.array([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(uncertainty(rows), [1 - 0.2, 1 - 0.0, 1 - 1.0])
+    h = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))
+    np.testing.assert_allclose(
+        uncertainty(rows, "entropy"), [h, -(0.8 * math.log(0.4) + 0.2 * math.log(0.2)), 0.0], atol=1e-9
+    )
+    with pytest.raises(SelectError, match="unknown uncertainty measure"):
+        uncertainty(rows, "variance")
+
+
 def test_uncertainty_takes_the_smallest_margins_and_balanced_spreads_classes(
     suggested_ws: tuple[Workspace, dict[str, np.ndarray]],
 ) -> None:
     ws, probs = suggested_ws
     pool = sorted(probs)[10:]
-    margins = {i: 1 - uncertainty(probs[i][None, :])[0] for i in pool}
+    # computed here, not by emo8.selection: margin = best minus second-best probability, entropy in nats
+    margins = {}
+    for i in pool:
+        best, second = sorted(probs[i].tolist(), reverse=True)[:2]
+        margins[i] = best - second
     chosen = select(ws, SelectConfig(budget=10, strategy="uncertainty", round="u")).item_ids
     assert chosen == sorted(pool, key=lambda i: (margins[i], i))[:10]
     by_entropy = select(
         ws, SelectConfig(budget=5, strategy="uncertainty", round="e", measure="entropy")
     ).item_ids
-    ent = {i: float(uncertainty(probs[i][None, :], "entropy")[0]) for i in pool if i not in chosen}
+    ent = {i: -sum(p * math.log(p) for p in probs[i].tolist() if p > 0) for i in pool if i not in chosen}
     assert by_entropy == sorted(ent, key=lambda i: (-ent[i], i))[:5]
+    # the two measures disagree on these items, so each order above is the measure's own
+    assert sorted(ent, key=lambda i: (-ent[i], i))[:5] != sorted(ent, key=lambda i: (margins[i], i))[:5]
     balanced = select(ws, SelectConfig(budget=16, strategy="balanced", round="bal"))
     taken = set(chosen) | set(by_entropy)
     left = [i for i in pool if i not in taken]

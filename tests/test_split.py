@@ -8,12 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from neardupfixtures import *  # noqa: F403  (the near-duplicate workspace)
+from neardupfixtures import names
 from releasefixtures import *  # noqa: F403  (the workspace fixtures)
 from releasefixtures import SAMPLES, make_variants, variant_pairs
 from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
+from emo8.curation import dedup_pairs
 from emo8.ingest import IngestOptions, ingest
 from emo8.sources import create_source
 from emo8.split import (
@@ -180,3 +183,36 @@ def test_split_command(labelled_ws: Workspace) -> None:
     saved = Workspace.open(labelled_ws.root).config["split"]
     assert saved["ratios"] == [0.7, 0.1, 0.2] and saved["seed"] == 4
     assert set(load_candidates(labelled_ws)["split"]) == set(SPLITS)
+
+
+def test_a_verified_crop_can_never_sit_on_the_other_side_of_a_split(neardup_ws: Workspace) -> None:
+    """The 4 %-per-side crop of a tall clip-art and its original share a split, and the leak check reads dedup's
+    verified pairs: moving the crop to another split is reported as a leak ("dedup" check)."""
+    ids = names(neardup_ws)
+    result, items = assign_splits(neardup_ws, SplitConfig(progress=False))
+    splits = dict(zip(items["item_id"], items["split"], strict=True))
+    assert splits[ids["crop4.jpg"]] == splits[ids["ocl-0083.jpg"]]
+    assert result.leaks.clean and result.leaks.dedup_pairs == 0  # the crop is a duplicate: not released
+    assert "dedup-confirmed pairs" in result.leaks.summary()
+    # a crop the catalog still called valid, placed in another split: the verified pair catches it
+    rows = items.copy()
+    crop = rows["item_id"] == ids["crop4.jpg"]
+    rows.loc[crop, "status"] = "valid"
+    rows.loc[crop, "split"] = next(s for s in SPLITS if s != splits[ids["ocl-0083.jpg"]])
+    valid = rows[rows["status"] == "valid"]
+    report = find_leaks(valid, phash_max_distance=0, pairs=dedup_pairs(neardup_ws))
+    assert not report.clean and {leak["check"] for leak in report.leaks} == {"dedup"}
+    assert report.not_deduplicated == 0
+    # without dedup's pairs (pHash at distance 0) the same crop goes unnoticed, and the report says why
+    blind = find_leaks(valid, phash_max_distance=0)
+    assert blind.clean and blind.not_deduplicated == len(valid)
+
+
+def test_the_split_groups_dedup_pairs_even_for_valid_items(neardup_ws: Workspace) -> None:
+    """The near_duplicate rule links every dedup-confirmed pair, so even items that stayed valid (e.g. after a
+    stricter re-run) keep their verified partner's split."""
+    ids = names(neardup_ws)
+    pairs = dedup_pairs(neardup_ws)
+    assert pairs is not None
+    rows = pairs.rows([ids["crop4.jpg"], ids["ocl-0083.jpg"], ids["balloon-red.png"]])
+    assert rows.tolist() == [[1, 0]] or rows.tolist() == [[0, 1]]

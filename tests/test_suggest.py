@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.encoders import Encoder
+from emo8.encoders import EncoderSpec, load_encoder
 from emo8.suggest import (
     KnnSource,
     SourceContext,
@@ -33,6 +32,7 @@ from emo8.suggest import (
     fit_suggester,
     fit_temperature,
     import_labels,
+    load_embeddings,
     softmax,
     suggest,
 )
@@ -83,35 +83,40 @@ def test_fit_pooling_weights_the_informative_source_and_temperature_fixes_overco
     assert expected_calibration_error(softmax(logits / t), y) < expected_calibration_error(sharp, y) - 0.2
 
 
-def test_zero_shot_source_uses_the_prompt_ensemble() -> None:
-    @dataclass
-    class FakeText:
-        """encode_text: one fixed direction per emotion, whatever the prompt (prompts name their emotion)."""
+def test_zero_shot_class_text_is_the_mean_of_the_towers_prompt_embeddings(tiny_clip: str) -> None:
+    """The taxonomy's prompts reach the real text tower, and each class is the normalised mean of its normalised
+    per-template embeddings (computed here from the tower, not by emo8)."""
+    import open_clip
 
-        calls: list[list[str]]
-
-        def encode_text(self, texts: list[str]) -> torch.Tensor:
-            self.calls.append(texts)
-            rows = []
-            for text in texts:
-                index = next(i for i, e in enumerate(EMOTIONS) if e in text or _adjective(e) in text)
-                rows.append(torch.nn.functional.one_hot(torch.tensor(index), 8).float())
-            return torch.stack(rows)
-
-    fake = FakeText([])
-    class_text = class_text_embeddings(fake)  # type: ignore[arg-type]
-    assert [len(c) for c in fake.calls] == [len(prompts(e)) for e in EMOTIONS]
-    assert {"a cartoon that evokes fear.", "an advertisement that evokes fear."} <= set(fake.calls[6])
-    np.testing.assert_allclose(class_text, np.eye(8), atol=1e-6)
+    encoder = load_encoder(EncoderSpec(tiny_clip, random_init=True, device="cpu"))
+    clip: Any = encoder.model
+    seen: list[torch.Tensor] = []
+    hook = clip.token_embedding.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    try:
+        class_text = class_text_embeddings(encoder)
+    finally:
+        hook.remove()
+    tokenizer = open_clip.get_tokenizer(tiny_clip.split(":", 1)[1])
+    assert len(seen) == len(EMOTIONS)
+    expected = []
+    for emotion, tokens in zip(EMOTIONS, seen, strict=True):
+        assert torch.equal(tokens, tokenizer(prompts(emotion)))  # exactly this class's prompts, in the tower
+        assert {"a cartoon that evokes fear.", "an advertisement that evokes fear."} <= set(prompts("fear"))
+        with torch.no_grad():
+            per_template = torch.nn.functional.normalize(
+                clip.encode_text(tokenizer(prompts(emotion))), dim=-1
+            )
+        mean = per_template.double().mean(dim=0)
+        expected.append((mean / mean.norm()).numpy())
+        # an ensemble, not one template: the mean sits measurably off every single template
+        assert float((per_template.double() @ (mean / mean.norm())).max()) < 1 - 1e-4
+    np.testing.assert_allclose(class_text, np.array(expected), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(class_text, axis=1), 1.0, atol=1e-5)
+    # the source scores images by scaled cosine to these rows
     source = ZeroShotSource(class_text, logit_scale=100.0)
-    probs = source.predict(np.eye(8, dtype=np.float32)[[2, 5]])
-    assert probs.argmax(axis=1).tolist() == [2, 5] and probs.max() > 0.99
-
-
-def _adjective(emotion: str) -> str:
-    from emo8.taxonomy import ADJECTIVES
-
-    return ADJECTIVES[emotion]
+    probs = source.predict(class_text[[2, 5]])
+    assert probs.argmax(axis=1).tolist() == [2, 5]
+    np.testing.assert_allclose(probs, softmax(100.0 * class_text[[2, 5]] @ class_text.T), atol=1e-6)
 
 
 def test_nothing_to_learn_from_is_a_clear_error() -> None:
@@ -168,7 +173,7 @@ def test_suggestions_beat_chance_on_real_images(
     items = lite0_ws.items(["item_id", "suggested_label", "suggestion_probs", "suggestion_entropy",
                             "suggestion_version"])  # fmt: skip
     assert items["suggestion_version"].eq(report["version"]).all() and len(items) == 81
-    probs = np.array([json.loads(p) for p in items["suggestion_probs"]])
+    probs = np.array(list(items["suggestion_probs"]))  # Workspace.items parses JSON lists
     assert probs.shape == (81, 8)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     assert [EMOTIONS[i] for i in probs.argmax(axis=1)] == items["suggested_label"].tolist()
@@ -202,6 +207,7 @@ def test_calibration_lowers_ece_of_overconfident_sources_on_held_out_items() -> 
     assert after < before - 0.08, (before, after)
 
 
+@pytest.mark.slow
 def test_suggest_is_incremental(
     lite0_ws: Workspace, sample_rows: list[dict[str, str]], sample_paths: list[Path], tmp_path: Path
 ) -> None:
@@ -277,63 +283,100 @@ def test_missing_embeddings_is_a_clear_error(ws: Workspace) -> None:
     assert result.exit_code == 2 and "emo8 embed" in result.output
 
 
-# -- zero-shot through the stage, with a stand-in open_clip encoder ------------------------------------------
+# -- zero-shot through the stage, with a real (tiny, random-init) open_clip model ---------------------------------
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
-class _TinyClip(torch.nn.Module):
-    """Image tower: mean colour -> 3-d; text tower: hashed words -> 3-d. Deterministic, no weights to fetch."""
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A one-layer open_clip architecture registered with open_clip, so that the real loader builds it (random
+    weights only when asked, like any open_clip key); returns its model key."""
+    import open_clip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3))
+    configs = tmp_path_factory.mktemp("open_clip_configs")
+    (configs / "Emo8-Tiny-CLIP.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(configs)
+    return "open_clip:Emo8-Tiny-CLIP"
 
 
-def _tiny_encoder(key: str) -> Encoder:
-    import torchvision.transforms.functional as TF
-
-    model = _TinyClip()
-
-    def text(tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.float()
-
-    def tokenize(texts: list[str]) -> torch.Tensor:
-        return torch.tensor([[sum(map(ord, t)) % 7 + 1.0, len(t) % 5 + 1.0, 1.0] for t in texts])
-
-    def preprocess(im: Image.Image) -> torch.Tensor:
-        return TF.to_tensor(im.convert("RGB").resize((32, 32)))
-
-    return Encoder(key=key, model=model, preprocess=preprocess, dim=3, fingerprint="tiny-clip:1",
-                   device=torch.device("cpu"), image_features=model, text_features=text,
-                   tokenizer=tokenize)  # fmt: skip
+def _save_weights(key: str, seed: int, path: Path) -> Path:
+    """Random weights of ``key`` (seeded) saved as a checkpoint file, as --weights takes them."""
+    torch.manual_seed(seed)
+    encoder = load_encoder(EncoderSpec(key, random_init=True, seed=seed, device="cpu"))
+    torch.save(encoder.model.state_dict(), path)
+    return path
 
 
 def test_zero_shot_runs_through_the_stage_without_labels(
-    ws: Workspace, sample_paths: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ws: Workspace, sample_paths: list[Path], tmp_path: Path, tiny_clip: str
 ) -> None:
     from emo8.embed import EmbedConfig, embed
     from emo8.ingest import IngestOptions, ingest
     from emo8.sources import create_source
 
-    key = "open_clip:ViT-S-32"
     incoming = tmp_path / "in"
     incoming.mkdir()
     for path in sample_paths[:6]:
         shutil.copy(path, incoming / path.name)
     ingest(ws, create_source("folder", directory=str(incoming)), IngestOptions(workers=1, progress=False))
-    embed(ws, EmbedConfig(model=key, random_init=True, workers=0, progress=False), encoder=_tiny_encoder(key))
-    monkeypatch.setattr("emo8.encoders.load_encoder", lambda spec: _tiny_encoder(spec.key))
+    embed(ws, EmbedConfig(model=tiny_clip, random_init=True, device="cpu", workers=0, progress=False))
     notes: list[str] = []
-    summary = suggest(ws, SuggestConfig(model=key), progress=False, notes=notes)
+    summary = suggest(ws, SuggestConfig(model=tiny_clip), progress=False, notes=notes)
     assert summary.sources == ["zero_shot"] and summary.suggested == 6 and summary.labelled == 0
     report: dict[str, Any] = json.loads((ws.reports_dir / "suggest.json").read_text())
     assert report["sources"] == ["zero_shot"] and "knn" in report["skipped_sources"]
-    probs = np.array([json.loads(p) for p in ws.items(["suggestion_probs"])["suggestion_probs"]])
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
-    # text tower weights that did not compute the stored embeddings are refused
-    other = _tiny_encoder(key)
-    other.fingerprint = "tiny-clip:2"
-    monkeypatch.setattr("emo8.encoders.load_encoder", lambda spec: other)
+    # every stored suggestion is softmax(logit_scale * cos(image, class text)), recomputed here
+    encoder = load_encoder(EncoderSpec(tiny_clip, random_init=True, device="cpu"))
+    scale = float(encoder.model.logit_scale.detach().exp())  # type: ignore[union-attr]
+    assert scale == pytest.approx(1 / 0.07, rel=1e-4)  # open_clip's initial temperature
+    ids, matrix = load_embeddings(ws, tiny_clip)
+    logits = (
+        scale * np.asarray(matrix, dtype=np.float64) @ class_text_embeddings(encoder).T.astype(np.float64)
+    )
+    expected = dict(zip(ids, softmax(logits), strict=True))
+    items = ws.items(["item_id", "suggestion_probs", "suggested_label"])
+    assert len(items) == 6
+    for item_id, probs, label in zip(items["item_id"], items["suggestion_probs"], items["suggested_label"],
+                                     strict=True):  # fmt: skip
+        stored = probs if isinstance(probs, list) else json.loads(probs)
+        np.testing.assert_allclose(stored, expected[item_id], atol=1e-4)
+        assert label == EMOTIONS[int(np.argmax(expected[item_id]))]
+    # the same weights from a file are accepted only when they computed the embeddings: these did not
+    other = _save_weights(tiny_clip, 1, tmp_path / "other.pt")
     with pytest.raises(SuggestError, match="not the ones"):
-        suggest(ws, SuggestConfig(model=key, seed=1), progress=False)
-    # --no-zero-shot and no labels: nothing to learn from
+        suggest(ws, SuggestConfig(model=tiny_clip, weights=str(other), seed=1), progress=False)
+    # --no-zero-shot and no labels: nothing to suggest from
     with pytest.raises(SuggestError, match="nothing to suggest from"):
-        suggest(ws, SuggestConfig(model=key, zero_shot=False), progress=False)
+        suggest(ws, SuggestConfig(model=tiny_clip, zero_shot=False), progress=False)
+
+
+def test_text_tower_must_be_the_one_that_computed_the_embeddings(
+    ws: Workspace, sample_paths: list[Path], tmp_path: Path, tiny_clip: str
+) -> None:
+    """Embeddings from a weights file: the same file is accepted, another file (other weights) and random weights
+    are refused, and nothing is written by a refused run."""
+    from emo8.embed import EmbedConfig, embed
+    from emo8.ingest import IngestOptions, ingest
+    from emo8.sources import create_source
+
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    for path in sample_paths[:3]:
+        shutil.copy(path, incoming / path.name)
+    ingest(ws, create_source("folder", directory=str(incoming)), IngestOptions(workers=1, progress=False))
+    mine = _save_weights(tiny_clip, 3, tmp_path / "mine.pt")
+    theirs = _save_weights(tiny_clip, 4, tmp_path / "theirs.pt")
+    embed(ws, EmbedConfig(model=tiny_clip, weights=str(mine), device="cpu", workers=0, progress=False))
+    for refused in (
+        SuggestConfig(model=tiny_clip, weights=str(theirs)),
+        SuggestConfig(model=tiny_clip, random_init=True),
+    ):
+        with pytest.raises(SuggestError, match="not the ones"):
+            suggest(ws, refused, progress=False)
+    assert ws.items(["suggestion_version"])["suggestion_version"].isna().all()
+    assert suggest(ws, SuggestConfig(model=tiny_clip), progress=False).suggested == 3  # the stored weights

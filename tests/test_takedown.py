@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from neardupfixtures import *  # noqa: F403  (the near-duplicate workspace)
+from neardupfixtures import names
 from releasefixtures import *  # noqa: F403  (the workspace fixtures)
 from releasefixtures import variant_pairs
 from typer.testing import CliRunner
@@ -127,9 +129,15 @@ def test_takedown_by_url_and_by_author(labelled_ws: Workspace) -> None:
     by_page = take_down(labelled_ws, TakedownRequest("owner", url="https://example.org/p/42/"))
     assert by_page.removed == [url_item] and by_page.matched == 1
     author = items["author"].value_counts().index[0]
-    expected = set(items.loc[items["author"] == author, "item_id"])
+    expected = set(items.loc[items["author"] == author, "item_id"]) - {url_item}  # already taken down
+    assert len(expected) >= 5
     by_author = take_down(labelled_ws, TakedownRequest("owner", author=author.upper()))
-    assert set(by_author.removed) >= expected and by_author.takedown_id == "TD-0002"
+    # exactly the author's items (the fixture holds no copies of them), and nothing else changed
+    assert sorted(by_author.removed) == sorted(expected) and by_author.matched == len(expected)
+    assert by_author.takedown_id == "TD-0002"
+    after = labelled_ws.items(["item_id", "status"]).set_index("item_id")["status"]
+    assert set(after[after == "removed"].index) == expected | {url_item}
+    assert (after.drop([*expected, url_item]) == "valid").all()
 
 
 def test_bad_requests(labelled_ws: Workspace) -> None:
@@ -144,3 +152,14 @@ def test_bad_requests(labelled_ws: Workspace) -> None:
     assert unseen.removed == [] and unseen.hashes == ["f" * 64]
     outcome = CliRunner().invoke(app, ["takedown", "-w", str(labelled_ws.root), "--reason", "x"])
     assert outcome.exit_code == 2 and "exactly one" in outcome.output
+
+
+def test_takedown_removes_the_verified_crop_of_the_image(neardup_ws: Workspace) -> None:
+    """A crop that geometric verification paired with the image goes with it (dedup's pairs are read)."""
+    ids = names(neardup_ws)
+    items = neardup_ws.items(["item_id", "sha256"]).set_index("item_id")
+    result = take_down(
+        neardup_ws, TakedownRequest(reason="rights holder", sha256=items.loc[ids["ocl-0083.jpg"], "sha256"])
+    )
+    assert {ids["ocl-0083.jpg"], ids["crop4.jpg"]} <= set(result.removed)
+    assert ids["balloon-red.png"] not in result.removed and ids["lom-0005.jpg"] not in result.removed

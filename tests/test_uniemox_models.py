@@ -179,3 +179,53 @@ def test_scene_only_fusion_skips_the_person_stream() -> None:
     out = model(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
     assert len(calls) == 1 and model.proj_person is None and out.person_mask is None
     assert _student("person").proj_scene is None
+
+
+def _stream_gradients(term: str, detach_gamma: bool = False) -> tuple[UniEmoX, list[torch.Tensor]]:
+    """Backward ONE loss term through the real student and losses; -> the model and the gradients that
+    reached each stream's patch tokens (scene first, then person). ``detach_gamma``: the regression to catch."""
+    from uniemox.losses import pretraining_losses
+
+    model = _student()
+    tokens: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        out.retain_grad()
+        tokens.append(out)
+
+    model.mae.patch_embed.register_forward_hook(keep)
+    out = model(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32), torch.rand(4, 16), torch.rand(4, 16))
+    g = torch.Generator().manual_seed(1)
+    omega = F.normalize(torch.randn(4, 24, generator=g), dim=-1)
+    lam = F.normalize(torch.randn(4, 24, generator=g), dim=-1)
+    gamma = out.gamma.detach() if detach_gamma else out.gamma
+    terms = pretraining_losses(gamma, omega, lam, 100.0, out.pred, out.target, out.mask)
+    (terms[term] + 0 * out.pred.sum()).backward()  # the zero term keeps a graph when gamma is detached
+    assert len(tokens) == 2
+    return model, [t.grad if t.grad is not None else torch.zeros_like(t) for t in tokens]
+
+
+@pytest.mark.parametrize("term", ["l_sim", "l_con"])
+def test_distillation_terms_train_the_encoder_through_both_streams(term: str) -> None:
+    """L_sim and L_con reach the shared encoder through the scene AND the person stream, and alpha, beta and the
+    fusion: a detached gamma, a skipped stream or the teacher's omega used as the student would give zeros."""
+    model, (scene_grad, person_grad) = _stream_gradients(term)
+    assert scene_grad.abs().sum() > 0 and person_grad.abs().sum() > 0
+    named = dict(model.named_parameters())
+    for name in (
+        "mae.blocks.0.attn.qkv.weight", "mae.blocks.1.mlp.fc2.weight", "mae.patch_embed.proj.weight",
+        "mae.cls_token", "proj_scene.weight", "proj_person.weight", "fusion.fc.weight", "fusion.norm.weight",
+    ):  # fmt: skip
+        grad = named[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert all(named[n].grad is None or named[n].grad.abs().sum() == 0 for n in named if "decoder" in n)
+    # the same checks see a detached gamma: nothing reaches the encoder's streams or the projections
+    model, (scene_grad, person_grad) = _stream_gradients(term, detach_gamma=True)
+    assert scene_grad.abs().sum() == 0 and person_grad.abs().sum() == 0
+    assert model.proj_scene is not None and model.proj_scene.weight.grad is None
+
+
+def test_reconstruction_alone_never_reaches_the_person_stream() -> None:
+    model, (scene_grad, person_grad) = _stream_gradients("l_rec")
+    assert scene_grad.abs().sum() > 0 and person_grad.abs().sum() == 0
+    assert model.proj_person is not None and model.proj_person.weight.grad is None

@@ -75,3 +75,31 @@ def test_prompt_embeddings_are_computed_once_and_cached(teacher: ClipTeacher, tm
         assert calls == [2, 2]  # another teacher: recomputed
     finally:
         teacher.model.encode_text = original
+
+
+def test_prompt_fits_counts_the_real_clip_tokens(teacher: ClipTeacher) -> None:
+    from uniemox.models.teacher import prompt_token_count
+
+    short = "The overall emotion conveyed is awe."
+    tokens = teacher.tokenizer([short])[0]  # what the text tower receives: SOT ... EOT, zero padding
+    assert prompt_token_count(teacher.tokenizer, short) == int((tokens != 0).sum()) == 10
+    long = " ".join(["The scene type of this photo is natural history museum."] * 8)
+    assert teacher.prompt_fits(short) and not teacher.prompt_fits(long)
+    # exactly at the limit: what fits is what the tokenizer keeps whole (its last token is EOT, not a cut word)
+    words = "word " * 80
+    fitting = max(n for n in range(80) if teacher.prompt_fits(" ".join(words.split()[:n])))
+    ids = teacher.tokenizer([" ".join(words.split()[:fitting])])[0]
+    assert int((ids != 0).sum()) <= 77 and not teacher.prompt_fits(" ".join(words.split()[: fitting + 1]))
+
+
+def test_teacher_precision_is_fp32_unless_bf16_is_asked_for(tmp_path: Path) -> None:
+    arch = str(tiny_teacher(tmp_path))
+    fp32 = ClipTeacher.from_open_clip(arch, "random", torch.device("cpu"))
+    assert fp32.dtype == torch.float32 and all(p.dtype == torch.float32 for p in fp32.parameters())
+    bf16 = ClipTeacher.from_open_clip(arch, "random", torch.device("cpu"), precision="bf16")
+    assert bf16.dtype == torch.bfloat16 and next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert (
+        bf16.encode_images(torch.rand(2, 3, 32, 32)).dtype == torch.float32
+    )  # Omega stays fp32 for the losses
+    with pytest.raises(ValueError, match="fp32, bf16"):
+        ClipTeacher.from_open_clip(arch, "random", torch.device("cpu"), precision="fp16")

@@ -10,12 +10,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from uniemox.checkpoint import export_encoder, load_checkpoint, load_mae_checkpoint
+from uniemox.config import PretrainConfig
 from uniemox.models import create_mae
 from uniemox.testing import make_hf_dataset, tiny_config, tiny_teacher
 from uniemox.train import WarmupCosine, build_student, param_groups, pretrain
@@ -83,7 +85,7 @@ def test_two_process_gloo_ddp_matches_one_process(env: tuple[Path, Path], tmp_pa
         "--teacher", str(teacher), "--teacher-pretrained", "random", "--img-size", "32", "--patch-size", "8",
         "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--decoder-dim", "32", "--decoder-depth", "1",
         "--decoder-heads", "2", "--batch-size", "2", "--base-lr", "0.5", "--warmup-steps", "2", "--max-steps", "4",
-        "--ckpt-every", "0", "--num-workers", "0", "--device", "cpu", "--no-progress",
+        "--ckpt-every", "0", "--num-workers", "0", "--device", "cpu", "--no-progress", "--log-every", "1",
     ]  # fmt: skip
     env_vars = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env_vars)
@@ -187,3 +189,92 @@ def test_cli_lists_models_and_exports(env: tuple[Path, Path], tmp_path: Path) ->
     )
     assert result.exit_code == 0, result.output
     assert "cls_token" in torch.load(tmp_path / "e.pth", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def fixed_batch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four images and batch 4: every step sees the same images (new crops and masks each time)."""
+    return make_hf_dataset(tmp_path_factory.mktemp("fixed") / "ds", n=4)
+
+
+def test_distillation_terms_fall_on_a_fixed_batch(
+    env: tuple[Path, Path], fixed_batch: Path, tmp_path: Path
+) -> None:
+    """L_sim and L_con must train the student: a detached gamma, or the teacher's omega passed as the student,
+    would leave them flat (or at zero) while L_rec still fell."""
+    _, teacher = env
+    cfg = tiny_config(
+        fixed_batch, tmp_path / "run", teacher, max_steps=12, ckpt_every=0, **{"optim.base_lr": 0.5}
+    )
+    history = pretrain(cfg).history
+    sim, con = [h["l_sim"] for h in history], [h["l_con"] for h in history]
+    assert sum(sim[-4:]) / 4 < 0.5 * sim[0], sim
+    assert sum(con[-4:]) / 4 < 0.5 * con[0], con
+    assert max(con[-4:]) < con[0] and sim[0] > 0.5  # it starts far from the teacher: there is room to fall
+
+
+def test_log_rows_hold_the_means_of_their_steps(env: tuple[Path, Path], tmp_path: Path) -> None:
+    data, teacher = env
+    every = pretrain(tiny_config(data, tmp_path / "every", teacher, ckpt_every=0)).history  # 6 rows
+    grouped = pretrain(tiny_config(data, tmp_path / "grouped", teacher, ckpt_every=0, log_every=4)).history
+    assert [h["step"] for h in every] == [1, 2, 3, 4, 5, 6] and [h["step"] for h in grouped] == [4, 6]
+    for row, steps in zip(grouped, (every[:4], every[4:]), strict=True):
+        for k in ("loss", "l_sim", "l_con", "l_rec", "grad_norm"):
+            assert row[k] == pytest.approx(sum(s[k] for s in steps) / len(steps), rel=1e-9), k
+        assert row["lr"] == steps[-1]["lr"] and row["person_fallback"] == steps[-1]["person_fallback"]
+        assert row["images_per_s"] > 0 and row["step_s"] > 0
+    rows = list(csv.DictReader((tmp_path / "grouped" / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [4, 6]
+    assert float(rows[0]["l_con"]) == pytest.approx(grouped[0]["l_con"])
+
+
+def test_resume_extends_a_run_and_refuses_settings_that_change_the_math(
+    env: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from uniemox.train import ResumeError, resume_config
+
+    data, teacher = env
+    pretrain(tiny_config(data, tmp_path / "run", teacher, max_steps=3, ckpt_every=3))
+    # extended to 5 steps, with another log interval, checkpoint interval and worker count: allowed
+    longer = tiny_config(data, tmp_path / "run", teacher, max_steps=5, ckpt_every=5, log_every=2)
+    longer.data.num_workers = 1
+    resumed = pretrain(longer, resume="auto").history
+    assert [h["step"] for h in resumed] == [4, 5]
+    peak = 1e-3 * 4 / 256
+    assert resumed[0]["lr"] == pytest.approx(
+        peak * WarmupCosine(2, 5, 0.0)(3)
+    )  # the cosine over the new total
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["step"] == 5 and saved["config"]["max_steps"] == 5 and saved["config"]["log_every"] == 2
+    # a changed batch size or mask ratio would change the math: refused, naming the setting and its option
+    other = tiny_config(data, tmp_path / "run", teacher, max_steps=8, **{"optim.batch_size": 2})
+    with pytest.raises(ResumeError, match=r"optim\.batch_size \(--batch-size\) is 4 in the checkpoint but 2"):
+        pretrain(other, resume="auto")
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5  # nothing was touched
+    # only the settings a user gave count (the CLI's case): the others come from the checkpoint
+    ckpt_cfg = PretrainConfig.from_dict(saved["config"])
+    given = PretrainConfig(out=str(tmp_path / "run"), max_steps=9, device="cpu")  # defaults: a large model
+    merged = resume_config(ckpt_cfg, given, explicit={"max_steps", "device", "out"})
+    assert merged.max_steps == 9 and merged.model == ckpt_cfg.model and merged.optim == ckpt_cfg.optim
+    with pytest.raises(ResumeError, match=r"model\.mask_ratio \(--mask-ratio\)"):
+        resume_config(ckpt_cfg, replace(ckpt_cfg, model=replace(ckpt_cfg.model, mask_ratio=0.5)))
+
+
+def test_cli_resume_takes_new_max_steps_and_rejects_a_new_mask_ratio(
+    env: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from uniemox.cli import app
+
+    data, teacher = env
+    pretrain(tiny_config(data, tmp_path / "run", teacher, max_steps=2, ckpt_every=2))
+    runner = CliRunner()
+    base = ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--resume", "auto", "--quiet"]
+    refused = runner.invoke(app, [*base, "--mask-ratio", "0.5"])
+    assert refused.exit_code == 2, refused.output
+    assert "model.mask_ratio" in refused.output and "--mask-ratio" in refused.output
+    # no model flags given: the checkpoint's tiny model and tiny teacher are used, only the new length applies
+    result = runner.invoke(app, [*base, "--max-steps", "3", "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3

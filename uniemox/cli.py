@@ -1,27 +1,70 @@
-"""``uniemox`` command line: pretrain, detect-persons, export-encoder, models."""
+"""``uniemox`` command line: pretrain, detect-persons, export-encoder, models.
+
+Other modules add commands to :data:`app` (import it, decorate with ``@app.command(...)``). Errors reach the user as
+one paragraph with the exit codes of ``emo8`` (see :data:`emo8.cli_common.EXIT_CODES`): wrap a command's work in
+``with exit_on(*USAGE_ERRORS, *RUNTIME_ERRORS):``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from emo8.cli_common import (
+    DEFAULT_WORKERS,
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    PANEL_PRETRAIN,
+    PANEL_TOOLS,
+    QUIET_HELP,
+    WORKERS_HELP,
+    Device,
+    add_version_option,
+    exit_on,
+    ordered_group,
+)
+from uniemox.cli_downstream import register as register_downstream
 from uniemox.config import DataConfig, LossConfig, ModelConfig, OptimConfig, PretrainConfig, TeacherConfig
 
-app = typer.Typer(help="UniEmoX pretraining on Emo8 / EmoSet.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    cls=ordered_group(("pretrain", "detect-persons", "smoke", "export-encoder", "models")),
+    help="UniEmoX pretraining on Emo8 / EmoSet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+add_version_option(app, "uniemox")
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "change the command" (exit 2): missing or unreadable inputs, unknown names, weights."""
+    from uniemox.models.teacher import TeacherLoadError
+
+    return (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, KeyError, TeacherLoadError)
+
+
+def errors() -> Any:
+    """The context that turns UniEmoX's errors into one paragraph: exit 2 for bad input, 1 for runtime failures."""
+    return exit_on((_usage_errors(), EXIT_USAGE), ((OSError, RuntimeError), EXIT_FAILURE))
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", "--no-progress", help=QUIET_HELP)]
 
 
 def _setup_logging(verbose: bool) -> None:
+    """INFO lines when ``verbose``, else warnings only."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_PRETRAIN)
 def pretrain(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Release dir, ImageFolder tree, EmoSet root, or HF Hub id.")],
     out: Annotated[Path, typer.Option(help="Output directory (checkpoints, log.csv, encoder.pth).")],
     model: Annotated[
@@ -32,6 +75,15 @@ def pretrain(
     teacher_pretrained: Annotated[
         str, typer.Option(help="open_clip tag, checkpoint file, or 'random' (tests only).")
     ] = "openai",
+    teacher_precision: Annotated[
+        str, typer.Option(help="Teacher weights: fp32 (TF32 on GPUs) or bf16.")
+    ] = "fp32",
+    brightness_scale: Annotated[
+        str | None, typer.Option(help="unit | 8bit (default: the data source's).")
+    ] = None,
+    colorfulness_scale: Annotated[
+        str | None, typer.Option(help="hasler | unit (default: the data source's: Emo8 hasler, EmoSet unit).")
+    ] = None,
     person_boxes: Annotated[str | None, typer.Option(help="JSON from `uniemox detect-persons`.")] = None,
     img_size: int = 224,
     patch_size: int | None = None,
@@ -44,7 +96,9 @@ def pretrain(
     decoder_depth: int = 8,
     decoder_heads: int = 16,
     mask_ratio: float = 0.75,
-    norm_pix_loss: bool = False,
+    norm_pix_loss: Annotated[
+        bool, typer.Option("--norm-pix-loss", help="Per-patch normalised reconstruction targets.")
+    ] = False,
     fusion: Annotated[str, typer.Option(help="paper | scene | person | sum | gated")] = "paper",
     init_mae: Annotated[
         str | None, typer.Option(help="facebookresearch/mae checkpoint to start from.")
@@ -63,30 +117,37 @@ def pretrain(
     w_con: float = 1.0,
     w_rec: float = 1.0,
     seed: int = 0,
-    num_workers: int = 4,
+    num_workers: Annotated[
+        int,
+        typer.Option("--workers", "--num-workers", help=WORKERS_HELP),
+    ] = DEFAULT_WORKERS,
     ckpt_every: int = 1000,
     keep_checkpoints: int = 2,
-    log_every: int = 1,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    compile: bool = False,
-    progress: bool = True,
+    log_every: Annotated[int, typer.Option(help="Steps per log row (the row holds their means).")] = 20,
+    device: Device = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the student.")] = False,
+    quiet: QuietOpt = False,
     resume: Annotated[str | None, typer.Option(help="Checkpoint path, or 'auto' for OUT/last.pt.")] = None,
-    verbose: bool = True,
 ) -> None:
     """Pretrain UniEmoX. Multi-GPU: torchrun --nproc-per-node N -m uniemox pretrain ..."""
+    from uniemox.datapath import check_data_path
     from uniemox.train import pretrain as run
 
-    _setup_logging(verbose)
+    _setup_logging(not quiet)
+    progress = not quiet
+    with errors():
+        check_data_path(data)  # before anything is written into --out
     cfg = PretrainConfig(
         out=str(out),
-        data=DataConfig(path=data, split=split, person_boxes=person_boxes, num_workers=num_workers),
+        data=DataConfig(path=data, split=split, person_boxes=person_boxes, num_workers=num_workers,
+                        brightness_scale=brightness_scale, colorfulness_scale=colorfulness_scale),
         model=ModelConfig(
             name=model, img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, decoder_embed_dim=decoder_dim, decoder_depth=decoder_depth,
             decoder_num_heads=decoder_heads, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
             fusion=fusion, init_mae=init_mae,
         ),
-        teacher=TeacherConfig(arch=teacher, pretrained=teacher_pretrained),
+        teacher=TeacherConfig(arch=teacher, pretrained=teacher_pretrained, precision=teacher_precision),
         optim=OptimConfig(
             batch_size=batch_size, accum_steps=accum_steps, base_lr=base_lr, min_lr=min_lr,
             weight_decay=weight_decay, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
@@ -96,7 +157,8 @@ def pretrain(
         epochs=epochs, max_steps=max_steps, seed=seed, ckpt_every=ckpt_every,
         keep_checkpoints=keep_checkpoints, log_every=log_every, device=device, compile=compile, progress=progress,
     )  # fmt: skip
-    result = run(cfg, resume=resume)
+    with errors():
+        result = run(cfg, resume=resume, explicit=_given_settings(ctx))
     last = result.history[-1] if result.history else {}
     typer.echo(
         json.dumps(
@@ -105,20 +167,41 @@ def pretrain(
     )
 
 
-@app.command("detect-persons")
+def _given_settings(ctx: typer.Context) -> set[str]:
+    """The settings (dotted config paths) whose options the user gave; a resume checks only these."""
+    from uniemox.config import PRETRAIN_OPTIONS
+
+    def given(name: str) -> bool:  # by name: typer may bring its own copy of click's ParameterSource
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+    return {PRETRAIN_OPTIONS[n] for n in PRETRAIN_OPTIONS if given(n)}
+
+
+@app.command("detect-persons", rich_help_panel=PANEL_PRETRAIN)
 def detect_persons_cmd(
     data: Annotated[str, typer.Argument(help="Same data argument as pretrain.")],
-    out: Annotated[Path, typer.Option(help="JSON to write; pass it to pretrain --person-boxes.")],
+    out: Annotated[
+        Path, typer.Option(help="JSON to write (resumed if it exists); pass it to pretrain --person-boxes.")
+    ],
     split: str = "train",
+    backend: Annotated[
+        str | None, typer.Option(help="A backend of `emo8 detect-people` (default: its default).")
+    ] = None,
+    weights: Annotated[str | None, typer.Option(help="Weights file (torchvision:NAME).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Minimum score (default: the backend's).")] = None,
 ) -> None:
-    """Detect people ONCE (OpenCV HOG) in images without person_boxes and cache the boxes."""
+    """Detect people once, with `emo8 detect-people`'s detectors, in images without person_boxes; cache the boxes."""
+    from emo8.people import DEFAULT_BACKEND, DetectConfig
     from uniemox.data import open_source
     from uniemox.detect import detect_persons
 
-    typer.echo(json.dumps(detect_persons(open_source(data, split), out)))
+    config = DetectConfig(backend=backend or DEFAULT_BACKEND, weights=weights, score_threshold=threshold)
+    with errors():  # emo8.people.DetectorError is a ValueError: exit 2
+        typer.echo(json.dumps(detect_persons(open_source(data, split), out, config=config)))
 
 
-@app.command("export-encoder")
+@app.command("export-encoder", rich_help_panel=PANEL_TOOLS)
 def export_encoder_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A pretraining checkpoint (e.g. OUT/last.pt).")],
     out: Annotated[Path, typer.Argument(help="Where to write {'model': encoder state dict}.")],
@@ -126,10 +209,11 @@ def export_encoder_cmd(
     """Write the shared encoder under MAE/timm ViT key names, for fine-tuning."""
     from uniemox.checkpoint import export_encoder
 
-    typer.echo(str(export_encoder(checkpoint, out)))
+    with errors():
+        typer.echo(str(export_encoder(checkpoint, out)))
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_TOOLS)
 def models() -> None:
     """List the registered model sizes and fusions."""
     from uniemox.models import FUSIONS, MAE_CONFIGS
@@ -139,7 +223,7 @@ def models() -> None:
     typer.echo(f"fusions: {', '.join(FUSIONS)}")
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_PRETRAIN)
 def smoke(
     out: Annotated[Path, typer.Option(help="Working directory for the tiny dataset and run.")],
     steps: int = 5,
@@ -159,3 +243,6 @@ def smoke(
             f"rec {row['l_rec']:.4f}), {row['images_per_s']:.1f} img/s"
         )
     typer.echo(f"run directory: {out / 'run'}")
+
+
+register_downstream(app)  # finetune, evaluate, predict, embed, report, data (uniemox/cli_downstream.py)

@@ -27,6 +27,7 @@ class ModelConfig:
 class TeacherConfig:
     arch: str = "ViT-B-16"  # an open_clip architecture, or the path of an open_clip model-config JSON
     pretrained: str = "openai"  # an open_clip tag, a local checkpoint file, or "random" (tests only)
+    precision: str = "fp32"  # fp32 (TF32 matmuls on GPUs) or bf16 (a choice to validate: see docs/uniemox.md)
 
 
 @dataclass
@@ -35,10 +36,14 @@ class DataConfig:
     split: str = "train"  # "train+val" joins splits
     image_col: str = "image"
     label_col: str = "label"
-    person_boxes: str | None = None  # JSON written by `uniemox detect-persons` for images without boxes
+    person_boxes: str | None = (
+        None  # JSON of boxes for images whose rows carry none ({"boxes": {index: [...]}})
+    )
     scale: tuple[float, float] = (0.2, 1.0)
-    person_scale: tuple[float, float] = (0.5, 1.0)
+    person_jitter: float = 0.05  # the person box's size and centre move by up to this share of its sides
     hflip: float = 0.5
+    brightness_scale: str | None = None  # None: the data source's (Emo8, EmoSet: "unit"); or "unit" / "8bit"
+    colorfulness_scale: str | None = None  # None: the source's (Emo8 "hasler", EmoSet "unit")
     num_workers: int = 4
 
 
@@ -75,9 +80,9 @@ class PretrainConfig:
     seed: int = 0
     ckpt_every: int = 1000  # optimiser steps; 0 = only at the end
     keep_checkpoints: int = 2  # step checkpoints kept besides last.pt (0 = keep all)
-    log_every: int = 1
+    log_every: int = 20  # optimiser steps per log row (the row holds the means over those steps)
     device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
+    compile: bool = False  # torch.compile the student (before the DDP wrap)
     progress: bool = True
     tensorboard: bool = True
 
@@ -99,3 +104,31 @@ class PretrainConfig:
                                           for k, v in value.items() if k in known})  # fmt: skip
             kwargs[f.name] = value
         return cls(**kwargs)
+
+
+#: ``uniemox pretrain`` option (parameter name) -> the setting it sets (dotted path in PretrainConfig). A resume
+#: compares only the options a user actually gave with the checkpoint's settings.
+PRETRAIN_OPTIONS: dict[str, str] = {
+    "data": "data.path", "out": "out", "split": "data.split", "person_boxes": "data.person_boxes",
+    "num_workers": "data.num_workers", "person_jitter": "data.person_jitter",
+    "brightness_scale": "data.brightness_scale", "colorfulness_scale": "data.colorfulness_scale",
+    "model": "model.name", "img_size": "model.img_size", "patch_size": "model.patch_size",
+    "embed_dim": "model.embed_dim", "depth": "model.depth", "num_heads": "model.num_heads",
+    "decoder_dim": "model.decoder_embed_dim", "decoder_depth": "model.decoder_depth",
+    "decoder_heads": "model.decoder_num_heads", "mask_ratio": "model.mask_ratio",
+    "norm_pix_loss": "model.norm_pix_loss", "fusion": "model.fusion", "init_mae": "model.init_mae",
+    "teacher": "teacher.arch", "teacher_pretrained": "teacher.pretrained", "teacher_precision": "teacher.precision",
+    "batch_size": "optim.batch_size", "accum_steps": "optim.accum_steps", "base_lr": "optim.base_lr",
+    "min_lr": "optim.min_lr", "weight_decay": "optim.weight_decay", "warmup_epochs": "optim.warmup_epochs",
+    "warmup_steps": "optim.warmup_steps", "clip_grad": "optim.clip_grad",
+    "w_sim": "loss.w_sim", "w_con": "loss.w_con", "w_rec": "loss.w_rec",
+    "epochs": "epochs", "max_steps": "max_steps", "seed": "seed", "ckpt_every": "ckpt_every",
+    "keep_checkpoints": "keep_checkpoints", "log_every": "log_every", "device": "device", "compile": "compile",
+    "quiet": "progress",
+}  # fmt: skip
+
+
+def option_of(setting: str) -> str:
+    """The ``uniemox pretrain`` option that sets ``setting`` (dotted), e.g. ``--batch-size``; "" if none."""
+    names = [k for k, v in PRETRAIN_OPTIONS.items() if v == setting]
+    return f"--{names[0].replace('_', '-')}" if names else ""

@@ -4,10 +4,14 @@ deterministic global-batch sampler.
 Every random choice for a sample (crops, flip, both masks) is drawn from a generator seeded by
 (seed, epoch, sample index). So what a sample looks like never depends on the rank, the number of ranks
 or data workers, or on where a run was resumed; resuming and DDP are exact by construction.
+
+Workers decode JPEGs at a reduced DCT scale when the crops allow it (``Image.draft``) and send uint8 images;
+the conversion to float happens on the training device (:func:`to_unit`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -21,8 +25,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from emo8.imaging import _orient, _orientation, _to_rgb
 from emo8.taxonomy import normalise_label
-from uniemox.prompts import ImageAttributes, build_prompt
+from uniemox.prompts import EMO8_SCALES, EMOSET_SCALES, AttributeScales, ImageAttributes, build_prompt
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +51,20 @@ class SampleMeta:
 
 
 class ImageSource:
-    """Random access to images plus per-sample metadata read once without decoding any image."""
+    """Random access to images plus per-sample metadata read once without decoding any image.
+
+    ``scales`` declares the units of the numeric attributes (brightness, colorfulness) of this kind of source:
+    Emo8's (Hasler & Suesstrunk colourfulness) unless the layout says otherwise (EmoSet: both in [0, 1]).
+    """
 
     name = "source"
+    scales: AttributeScales = EMO8_SCALES
 
     def __len__(self) -> int:
         raise NotImplementedError
 
     def load_image(self, index: int) -> Image.Image:
+        """The image, opened lazily where possible (so that a JPEG can still be drafted before decoding)."""
         raise NotImplementedError
 
     def metadata(self) -> list[SampleMeta]:
@@ -96,15 +107,22 @@ class HFSource(ImageSource):
     def __init__(self, ds: Any, image_col: str = "image", label_col: str = "label") -> None:
         if image_col not in ds.column_names:
             raise ValueError(f"dataset has no image column {image_col!r}; columns: {ds.column_names}")
+        import datasets
+
         self.ds, self.image_col, self.label_col = ds, image_col, label_col
         self._images = ds.select_columns([image_col])
+        # encoded bytes: opened lazily here, so that JPEGs can be drafted (datasets' decoder loads them fully)
+        if isinstance(ds.features.get(image_col), datasets.Image):
+            self._images = self._images.cast_column(image_col, datasets.Image(decode=False))
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def load_image(self, index: int) -> Image.Image:
         img = self._images[index][self.image_col]
-        return img if isinstance(img, Image.Image) else Image.open(img["path"])
+        if isinstance(img, Image.Image):
+            return img
+        return Image.open(io.BytesIO(img["bytes"])) if img.get("bytes") else Image.open(img["path"])
 
     def metadata(self) -> list[SampleMeta]:
         cols = [c for c in (*self.META_COLUMNS, self.label_col) if c in self.ds.column_names]
@@ -198,7 +216,9 @@ def _load_emoset(path: Path, split: str, image_col: str, label_col: str) -> Imag
             files.append(path / image)
             records.append(ann)
             emotions.append(normalise_label(emotion) or emotion)
-    return FileListSource(files, records, emotions)
+    source = FileListSource(files, records, emotions)
+    source.scales = EMOSET_SCALES  # EmoSet's brightness and colorfulness are both in [0, 1]
+    return source
 
 
 Loader = Callable[[Path, str, str, str], ImageSource]
@@ -216,9 +236,17 @@ LAYOUTS: list[tuple[str, Callable[[Path], bool], Loader]] = [
 
 
 def open_source(
-    data: str, split: str = "train", image_col: str = "image", label_col: str = "label"
+    data: str,
+    split: str = "train",
+    image_col: str = "image",
+    label_col: str = "label",
+    scales: AttributeScales | None = None,
 ) -> ImageSource:
-    """A release directory, an ImageFolder tree, EmoSet's JSON layout, or a Hugging Face Hub id."""
+    """A release directory, an ImageFolder tree, EmoSet's JSON layout, or a Hugging Face Hub id.
+
+    ``scales`` overrides the units the layout implies for brightness/colorfulness (e.g. EmoSet converted to a
+    Hugging Face dataset: ``AttributeScales("unit", "unit")``).
+    """
     path = Path(data).expanduser()
     if not path.exists():
         import datasets
@@ -226,15 +254,25 @@ def open_source(
         if "/" not in data or data.startswith((".", "/", "~")):
             raise FileNotFoundError(f"{data} is neither a directory nor a Hugging Face Hub id (owner/name)")
         ds = datasets.concatenate_datasets([datasets.load_dataset(data, split=s) for s in _splits(split)])
-        return HFSource(ds, image_col, label_col)
-    name, _, loader = next(layout for layout in LAYOUTS if layout[1](path))
-    source = loader(path, split, image_col, label_col)
-    source.name = name
-    log.info("data %s: %s layout, %d images", data, name, len(source))
+        source: ImageSource = HFSource(ds, image_col, label_col)
+    else:
+        name, _, loader = next(layout for layout in LAYOUTS if layout[1](path))
+        source = loader(path, split, image_col, label_col)
+        source.name = name
+    if scales is not None:
+        source.scales = scales
+    log.info(
+        "data %s: %s layout, %d images, attribute scales %s", data, source.name, len(source), source.scales
+    )
     return source
 
 
 # --- augmentation -------------------------------------------------------------------------------------------
+
+#: The largest person-box jitter that still keeps >= 90 % of the box in view in both directions (1 - 1.5 j).
+MAX_PERSON_JITTER = 1 / 15
+#: Padding of the person stream's square: the ImageNet mean colour, i.e. zero after the student's normalisation.
+PAD_RGB = (124, 116, 104)
 
 
 @dataclass(frozen=True)
@@ -242,8 +280,16 @@ class AugmentConfig:
     img_size: int = 224
     scale: tuple[float, float] = (0.2, 1.0)  # random-resized-crop area range for the scene stream
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    person_scale: tuple[float, float] = (0.5, 1.0)  # the same, inside the person box
+    person_jitter: float = 0.05  # the person box's size and centre move by up to this share of its sides
     hflip: float = 0.5
+    draft: bool = True  # decode JPEGs at a reduced DCT scale when the crops keep >= img_size pixels
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.person_jitter <= MAX_PERSON_JITTER:
+            raise ValueError(
+                f"person_jitter must be in [0, {MAX_PERSON_JITTER:.4f}] so that the person crop keeps at least "
+                f"90 % of the box in both directions; got {self.person_jitter}"
+            )
 
 
 def rrc_params(
@@ -274,55 +320,107 @@ def rrc_params(
     return (width - w) / 2, (height - h) / 2, w, h
 
 
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+def person_square(box: Box, jitter: float, rng: np.random.Generator) -> tuple[float, float, float]:
+    """The person stream's square (left, top, side) around ``box``: the WHOLE box, its aspect kept.
+
+    The box's size is scaled by U(1 - jitter, 1 + 2 jitter) and its centre moved by up to ``jitter`` times its
+    width and height; the square's side is the longer of the jittered sides, so the shorter one gets padding
+    (image context where the image has it, :data:`PAD_RGB` beyond its edges). At least ``1 - 1.5 jitter`` of
+    the box stays inside the square in each direction.
+    """
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    s = rng.uniform(1 - jitter, 1 + 2 * jitter)
+    cx = (x0 + x1) / 2 + rng.uniform(-jitter, jitter) * w
+    cy = (y0 + y1) / 2 + rng.uniform(-jitter, jitter) * h
+    side = max(w, h) * s
+    return cx - side / 2, cy - side / 2, side
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, read from the header without decoding."""
+    w, h = img.size
+    return (h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h)
+
+
+def decode_for_crops(img: Image.Image, reduction: float, allow_draft: bool = True) -> Image.Image:
+    """Decode ``img`` as RGB with EXIF orientation applied; a JPEG is decoded at a DCT scale (1/2 to 1/8) that
+    shrinks it by at most ``reduction`` (the crops' smallest side over the output size), so no crop ends
+    up with fewer pixels than it is resized to. Coordinates scale by the returned size over the full size."""
+    if allow_draft and reduction >= 2 and img.format in ("JPEG", "MPO"):
+        w, h = img.size
+        img.draft(None, (math.ceil(w / reduction), math.ceil(h / reduction)))
+    orientation = _orientation(img)
+    img.load()
+    return _orient(_to_rgb(img), orientation)
+
+
+def to_uint8_chw(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def to_unit(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 (B, 3, H, W) images -> float32 in [0, 1], moved to ``device`` first (so the 4x larger float
+    tensor is only ever made there). Float input is returned (moved) as it is."""
+    images = images.to(device, non_blocking=True) if device is not None else images
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
+def _render_region(img: Image.Image, region: tuple[float, float, float, float], size: int) -> Image.Image:
+    """``region`` (x0, y0, x1, y1) of ``img`` resized to size x size; what lies outside ``img`` is PAD_RGB."""
+    x0, y0, x1, y1 = region
+    box = (max(0.0, x0), max(0.0, y0), min(float(img.width), x1), min(float(img.height), y1))
+    if box == region:
+        return img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    out = Image.new("RGB", (size, size), PAD_RGB)
+    kx, ky = size / (x1 - x0), size / (y1 - y0)
+    ox0, oy0 = round((box[0] - x0) * kx), round((box[1] - y0) * ky)
+    ox1, oy1 = round((box[2] - x0) * kx), round((box[3] - y0) * ky)
+    if ox1 > ox0 and oy1 > oy0:
+        out.paste(img.resize((ox1 - ox0, oy1 - oy0), Image.Resampling.BICUBIC, box=box), (ox0, oy0))
+    return out
 
 
 class TwoStreamTransform:
-    """(image, person box, rng) -> scene (3, S, S), person (3, S, S) in [0, 1], and whether the box was used.
+    """(image, person box, rng) -> scene (3, S, S), person (3, S, S) as uint8, and whether the box was used.
 
-    Scene = random-resized-crop of the whole image; person = random-resized-crop inside the person box
-    (the whole image when there is none). One flip decision per sample is shared by both streams (the
-    teacher sees the scene tensor itself).
+    Scene = random-resized-crop of the whole image; person = the whole person box (or, without one, the whole
+    image), aspect kept, padded to a square, with mild size/position jitter (:func:`person_square`). One flip
+    decision per sample is shared by both streams (the teacher sees the scene tensor itself). Box coordinates
+    are in pixels of the image after EXIF orientation, as ``emo8 detect-people`` writes them.
     """
 
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
 
-    def _crop(
-        self,
-        img: Image.Image,
-        region: tuple[float, float, float, float],
-        scale: tuple[float, float],
-        flip: bool,
-        rng: np.random.Generator,
-    ) -> torch.Tensor:
-        x0, y0, x1, y1 = region
-        left, top, w, h = rrc_params(x1 - x0, y1 - y0, scale, self.cfg.ratio, rng)
-        size = (self.cfg.img_size, self.cfg.img_size)
-        out = img.resize(
-            size, Image.Resampling.BICUBIC, box=(x0 + left, y0 + top, x0 + left + w, y0 + top + h)
-        )
-        return _to_tensor(out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out)
-
     def __call__(
         self, img: Image.Image, box: Box | None, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        img = img.convert("RGB")
-        width, height = img.size
+        size = self.cfg.img_size
+        width, height = oriented_size(img)
         flip = bool(rng.random() < self.cfg.hflip)
-        scene = self._crop(img, (0, 0, width, height), self.cfg.scale, flip, rng)
+        left, top, w, h = rrc_params(width, height, self.cfg.scale, self.cfg.ratio, rng)
         region = None
         if box is not None:
             x0, y0 = max(0.0, box[0]), max(0.0, box[1])
             x1, y1 = min(float(width), box[2]), min(float(height), box[3])
             region = (x0, y0, x1, y1) if x1 - x0 >= 2 and y1 - y0 >= 2 else None
-        person = self._crop(img, region or (0, 0, width, height), self.cfg.person_scale, flip, rng)
-        return scene, person, region is not None
+        p_left, p_top, side = person_square(region or (0, 0, width, height), self.cfg.person_jitter, rng)
+        decoded = decode_for_crops(img, min(w, h, side) / size, self.cfg.draft)
+        fx, fy = decoded.width / width, decoded.height / height
+        scene = decoded.resize(
+            (size, size), Image.Resampling.BICUBIC, box=(left * fx, top * fy, (left + w) * fx, (top + h) * fy)
+        )
+        square = (p_left * fx, p_top * fy, (p_left + side) * fx, (p_top + side) * fy)
+        person = _render_region(decoded, square, size)
+        if flip:
+            scene, person = (x.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for x in (scene, person))
+        return to_uint8_chw(scene), to_uint8_chw(person), region is not None
 
 
 class PretrainDataset(Dataset[dict[str, torch.Tensor]]):
-    """Indexed by (epoch, index); returns both streams, both masks' noise and the prompt id."""
+    """Indexed by (epoch, index); returns both streams (uint8), both masks' noise and the prompt id."""
 
     def __init__(
         self,
@@ -355,10 +453,20 @@ class PretrainDataset(Dataset[dict[str, torch.Tensor]]):
         }
 
 
-def build_prompts(meta: Sequence[SampleMeta]) -> tuple[list[str], list[int]]:
-    """-> (distinct prompts, prompt id of each sample)."""
+def build_prompts(
+    meta: Sequence[SampleMeta],
+    scales: AttributeScales = EMO8_SCALES,
+    fits: Callable[[str], bool] | None = None,
+) -> tuple[list[str], list[int]]:
+    """-> (distinct prompts, prompt id of each sample). ``scales``: the source's attribute units; ``fits``:
+    the teacher's untruncated-length check (``ClipTeacher.prompt_fits``), see :func:`build_prompt`."""
     ids: dict[str, int] = {}
-    per_sample = [ids.setdefault(build_prompt(m.attributes), len(ids)) for m in meta]
+    memo: dict[ImageAttributes, str] = {}  # many samples share attributes: tokenise each combination once
+    per_sample = []
+    for m in meta:
+        if m.attributes not in memo:
+            memo[m.attributes] = build_prompt(m.attributes, scales, fits)
+        per_sample.append(ids.setdefault(memo[m.attributes], len(ids)))
     return list(ids), per_sample
 
 

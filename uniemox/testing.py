@@ -53,7 +53,7 @@ def sample_records(n: int) -> list[dict[str, Any]]:
                 "domain": row["domain"],
                 "title": f"{row['category']} {Path(row['file']).stem}",
                 "brightness": (i * 37 % 100) / 100,
-                "colorfulness": (i * 53 % 100) / 100,
+                "colorfulness": float(i * 53 % 100 * 1.2),  # Hasler & Suesstrunk's scale, as Emo8 stores it
                 "person_boxes": person_boxes_for(i, w, h),
             }
         )
@@ -97,7 +97,8 @@ def make_imagefolder(out: Path, n: int = 16) -> Path:
 
 
 def make_emoset(out: Path, n: int = 16) -> Path:
-    """EmoSet's layout: info.json, train.json, annotation/<emotion>/*.json, image/<emotion>/*.jpg."""
+    """EmoSet's layout: info.json, train.json, annotation/<emotion>/*.json, image/<emotion>/*.jpg (its
+    brightness and colorfulness in [0, 1])."""
     entries = []
     for i, r in enumerate(sample_records(n)):
         emotion, stem = EMOTIONS[r["label"]], f"{EMOTIONS[r['label']]}_{i:05d}"
@@ -106,7 +107,7 @@ def make_emoset(out: Path, n: int = 16) -> Path:
         (out / annotation).parent.mkdir(parents=True, exist_ok=True)
         (out / image).write_bytes(Path(r["path"]).read_bytes())
         ann = {"image_id": stem, "emotion": emotion, "brightness": r["brightness"],
-               "colorfulness": r["colorfulness"], "scene": "amusement_park", "object": ["person", "tree"],
+               "colorfulness": r["colorfulness"] / 120, "scene": "amusement_park", "object": ["person", "tree"],
                "facial_expression": "happy", "human_action": "running"}  # fmt: skip
         (out / annotation).write_text(json.dumps(ann))
         entries.append([emotion, image, annotation])
@@ -142,6 +143,7 @@ def tiny_config(data: Path, out: Path, teacher_json: Path, **overrides: Any) -> 
         optim=OptimConfig(batch_size=4, base_lr=1e-3, warmup_steps=2),
         max_steps=6,
         ckpt_every=3,
+        log_every=1,  # a log row (and so a history entry) per step
         keep_checkpoints=0,
         progress=False,
         tensorboard=False,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from emo8.cli_common import WorkspaceOpt, console, exit_on, out
+from emo8.cli_common import Quiet, WorkspaceOpt, console, exit_on, out
 
 if TYPE_CHECKING:
     from emo8.annotate.client import Client
@@ -46,7 +46,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Turn the stage's errors into a one-line message: exit 2 for wrong input, 1 for an unavailable server."""
+    """Turn the stage's errors into a one-paragraph message: exit 1 for a server that is down or fails to start,
+    2 for wrong input or configuration (unknown round, bad export, missing API key, port taken)."""
     from emo8.annotate.errors import AnnotateError, ServerUnavailable
     from emo8.workspace import WorkspaceError
 
@@ -64,11 +65,12 @@ def _client(
     ws: Workspace, url: str | None, local_files_root: Path | None = None
 ) -> tuple[Client, Path | None]:
     from emo8.annotate.client import connect
-    from emo8.annotate.server import ServerError, health, load_connection
+    from emo8.annotate.errors import ServerUnavailable
+    from emo8.annotate.server import health, load_connection
 
     conn = load_connection(ws, url=url, local_files_root=local_files_root)
     if conn.managed and not health(conn.url):
-        raise ServerError(
+        raise ServerUnavailable(
             f"this workspace's Label Studio ({conn.url}) is not running; start it with `emo8 annotate serve`"
         )
 
@@ -190,6 +192,7 @@ def pull_cmd(
     page_size: Annotated[int, typer.Option(help="Tasks per request.")] = 500,
     label_config: LabelConfigOpt = None,
     url: UrlOpt = None,
+    quiet: Quiet = False,
 ) -> None:
     """Copy every annotation of the round into the catalog (idempotent; edits and deletions are picked up)."""
     from emo8.annotate.rounds import PullOptions, pull_round
@@ -200,7 +203,8 @@ def pull_cmd(
     with _errors():
         ws = _open(workspace)
         client, _ = _client(ws, url)
-        summary = pull_round(ws, round_name, client, PullOptions(page_size, progress, label_config))
+        options = PullOptions(page_size, None if quiet else progress, label_config)
+        summary = pull_round(ws, round_name, client, options)
     _print_pull(summary)
 
 
@@ -253,18 +257,33 @@ def status_cmd(
 
     with _errors():
         ws = _open(workspace)
-        names = [round_name] if round_name else None
+        known = {r["round"] for r in AnnotationStore(ws.catalog).rounds()}
+        # rounds chosen by `emo8 select` that were neither pushed nor imported yet
+        unpushed = {
+            name: n
+            for name, n in ws.catalog.rounds().items()
+            if name not in known and round_name in (None, name)
+        }
+        names = None if round_name is None else ([] if round_name in unpushed else [round_name])
         if pull:
             client, _ = _client(ws, url)
             pushed = [r["round"] for r in AnnotationStore(ws.catalog).rounds() if r.get("project_id")]
-            for name in names or pushed:
+            for name in pushed if names is None else names:
                 pull_round(ws, name, client)
         statuses = round_status(ws, names)
     if as_json:
         out.print_json(json.dumps([_finite(asdict(s)) for s in statuses]))
         return
-    if not statuses:
-        out.print("no annotation rounds yet; `emo8 annotate push --round NAME` starts one")
+    for name, selected in unpushed.items():
+        out.print(
+            f"[bold]{name}[/]: {selected} item(s) selected, not in Label Studio yet; "
+            f"`emo8 annotate push --round {name}` sends them (or `emo8 annotate import EXPORT --round {name}`)"
+        )
+    if not statuses and not unpushed:
+        out.print(
+            "no annotation rounds yet; `emo8 select --budget N --round NAME` chooses the items of one and "
+            "`emo8 annotate push --round NAME` sends them to Label Studio"
+        )
     for s in statuses:
         eta = (
             "done"
@@ -342,11 +361,18 @@ def aggregate_cmd(
         out.print_json(json.dumps(report.to_json()))
         return
     counts = report.counts
-    out.print(
-        f"{report.method}: {counts['items']} items, {counts['settled']} settled; "
-        + ", ".join(f"{k.split(':', 1)[1]}={v}" for k, v in counts.items() if k.startswith("unsettled:"))
+    unsettled = ", ".join(
+        f"{k.split(':', 1)[1]}={v}" for k, v in counts.items() if k.startswith("unsettled:")
     )
-    table = Table("scope", "items", "votes", "Fleiss kappa", "Krippendorff alpha", box=None, pad_edge=False)
+    out.print(
+        f"{report.method}: {counts['items']} items, {counts['settled']} settled"
+        + (f"; unsettled: {unsettled}" if unsettled else "")
+    )
+    if not any(stats.items for stats in report.agreement.values()):
+        out.print("  agreement: no item has votes from 2 or more annotators yet, so none can be measured")
+    table = Table(
+        "scope", "items (2+ votes)", "votes", "Fleiss kappa", "Krippendorff alpha", box=None, pad_edge=False
+    )
     for scope, stats in report.agreement.items():
         table.add_row(
             scope,

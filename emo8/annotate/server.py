@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from emo8.annotate.errors import ServerError
+from emo8.annotate.errors import ServerError, ServerUnavailable
 from emo8.workspace import Workspace
 
 #: What ``pip`` installs into the Label Studio environment.
@@ -201,7 +201,7 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise ServerError(f"could not {what} (exit {proc.returncode}):\n{tail}")
+        raise ServerUnavailable(f"could not {what} (exit {proc.returncode}):\n{tail}")
 
 
 # -- one server process --------------------------------------------------------------------------------------------
@@ -267,11 +267,11 @@ def wait_healthy(
         if health(url, timeout=3.0):
             return
         if proc is not None and proc.poll() is not None:
-            raise ServerError(
+            raise ServerUnavailable(
                 f"Label Studio exited with code {proc.returncode} while starting{_log_tail(log)}"
             )
         time.sleep(0.5)
-    raise ServerError(f"Label Studio at {url} was not healthy after {timeout:.0f}s{_log_tail(log)}")
+    raise ServerUnavailable(f"Label Studio at {url} was not healthy after {timeout:.0f}s{_log_tail(log)}")
 
 
 def start_server(config: ServerConfig, install: bool = True, log: Log = _quiet) -> ManagedServer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,6 +30,8 @@ class FolderSource:
     domain: str | None = None
     keyword: str | None = None
     license: str | None = None
+    #: Things the user should know, printed after the ingest (e.g. images in subfolders not read).
+    warnings: list[str] = field(default_factory=list)
 
     name: ClassVar[str] = "folder"
 
@@ -37,6 +39,8 @@ class FolderSource:
         root = Path(self.directory).expanduser().resolve()
         if not root.is_dir():
             raise SourceError(f"{root} is not a directory")
+        if not self.recursive:
+            self._warn_about_subfolders(root)
         for path in _walk(root, self.recursive):
             meta: dict[str, object] = {"relative_path": str(path.relative_to(root))}
             weak_label = None
@@ -53,6 +57,20 @@ class FolderSource:
                 keyword=self.keyword,
                 weak_label=weak_label,
                 meta=meta,
+            )
+
+    def _warn_about_subfolders(self, root: Path) -> None:
+        subfolders = sorted(
+            d
+            for d in root.iterdir()
+            if d.is_dir() and not d.name.startswith(".") and next(_walk(d, True), None)
+        )
+        if subfolders:
+            names = ", ".join(d.name for d in subfolders[:5]) + (", ..." if len(subfolders) > 5 else "")
+            self.warnings.append(
+                f"{len(subfolders)} subfolder(s) of {root} hold images that were not read ({names}); "
+                "--recursive reads them"
+                + (" (and --label-from-dir labels them by folder)" if self.label_from_dir else "")
             )
 
 

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from emo8.catalog import OriginRecord
 from emo8.sources.base import LOCAL_READERS, SourceError, register_source
 from emo8.taxonomy import normalise_label
+from emo8.weights import HubUnavailable, require_hub
 
 if TYPE_CHECKING:
     import datasets
@@ -101,7 +102,13 @@ def _load_all(ref: str) -> dict[str, datasets.Dataset]:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             loaded: Any = datasets.load_from_disk(str(path))
         else:
+            if (
+                not path.exists()
+            ):  # a Hub id: fail at once, not after a minute of retries, when the Hub is away
+                require_hub(f"dataset {ref!r}")
             loaded = datasets.load_dataset(ref)
+    except HubUnavailable as exc:
+        raise SourceError(str(exc)) from exc
     except FileNotFoundError as exc:
         raise SourceError(f"cannot find dataset {ref!r}: {exc}") from exc
     except (ConnectionError, OSError, ValueError) as exc:

@@ -42,6 +42,8 @@ def load_open_clip(arch: str, pretrained: str, device: torch.device) -> tuple[nn
     """
     import open_clip
 
+    from emo8.weights import open_clip_hub_guard
+
     if arch.endswith(".json"):
         if not Path(arch).is_file():
             raise TeacherLoadError(f"teacher model config {arch} does not exist")
@@ -61,12 +63,26 @@ def load_open_clip(arch: str, pretrained: str, device: torch.device) -> tuple[nn
     else:
         raise TeacherLoadError(f"teacher weights {pretrained!r} are neither a file nor a known tag.\n{hint}")
     try:
-        model = open_clip.create_model(
-            arch, pretrained=weights, device=device, require_pretrained=weights is not None
-        )
+        with open_clip_hub_guard(arch, weights):  # cached weights or a reachable Hub, else fail at once
+            model = open_clip.create_model(
+                arch, pretrained=weights, device=device, require_pretrained=weights is not None
+            )
     except Exception as exc:  # network errors, HF offline mode, corrupt files: all end here
         raise TeacherLoadError(f"could not load teacher weights {arch}/{pretrained}: {exc}\n{hint}") from exc
     return model, open_clip.get_tokenizer(arch)
+
+
+#: Teacher precisions: name -> parameter dtype.
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def prompt_token_count(tokenizer: Callable[..., Any], text: str) -> int:
+    """Tokens of ``text`` for an open_clip tokenizer, start and end tokens included, before any truncation."""
+    encode = getattr(tokenizer, "encode", None)
+    if callable(encode):  # open_clip's SimpleTokenizer (the OpenAI CLIP BPE): SOT + tokens + EOT
+        return len(encode(text)) + 2
+    ids = tokenizer([text], context_length=4096)[0]  # other tokenizers: a context long enough not to cut
+    return int((ids != 0).sum())
 
 
 class ClipTeacher(nn.Module):
@@ -94,10 +110,22 @@ class ClipTeacher(nn.Module):
         self.embed_dim = int(self.encode_texts(["a photo"]).shape[1])  # E, whatever the text tower is
 
     @classmethod
-    def from_open_clip(cls, arch: str, pretrained: str, device: torch.device) -> ClipTeacher:
+    def from_open_clip(
+        cls, arch: str, pretrained: str, device: torch.device, precision: str = "fp32"
+    ) -> ClipTeacher:
+        """``precision``: a key of :data:`PRECISIONS`. fp32 is the default: on GPUs its matmuls run in TF32
+        when the caller allows it (``torch.set_float32_matmul_precision("high")``, as pretraining does)."""
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown teacher precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
         model, tokenizer = load_open_clip(arch, pretrained, device)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = PRECISIONS[precision]
         return cls(model.to(device=device, dtype=dtype), tokenizer, dtype).to(device)
+
+    def prompt_fits(self, text: str) -> bool:
+        """Whether ``text`` fits the text encoder's context (start and end tokens included) untruncated."""
+        return prompt_token_count(self.tokenizer, text) <= int(getattr(self.tokenizer, "context_length", 77))
 
     def train(self, mode: bool = True) -> ClipTeacher:  # always frozen in eval mode
         return super().train(False)

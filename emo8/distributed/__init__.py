@@ -1,0 +1,1 @@
+"""Executors that run emo8's parallel stages on a cluster (Ray); imported only when chosen."""

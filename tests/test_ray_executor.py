@@ -1,0 +1,375 @@
+"""The Ray executor on a real local Ray instance (2 CPUs) against a real loopback HTTP server.
+
+Same catalog rows as the local executor (hostile servers included), per-host limits across workers, a killed
+worker retried without loss or duplicates, a killed driver finished by a re-run; embeddings equal to the local ones
+bit for bit (also after a killed actor); the same person detections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from dedupfixtures import ingest_folder
+from httpfixtures import Handler, LoopbackServer, delayed, redirect, respond, sequence, stall
+from PIL import Image
+
+from emo8 import Workspace
+from emo8.catalog import SIGNAL_COLUMNS
+from emo8.download import DownloadConfig
+from emo8.embed import EmbedConfig, embed, load_embeddings
+from emo8.executor import ExecutorConfig, ExecutorError, get_executor
+from emo8.ingest import IngestOptions, ingest
+from emo8.sources import create_source
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+psutil = pytest.importorskip("psutil")
+
+pytestmark = pytest.mark.slow
+
+ROW_COLUMNS = ["item_id", "url", "status", "reason", "http_status", "sha256", *SIGNAL_COLUMNS]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance() -> Iterator[str]:
+    """One local Ray instance for the module; yields its address for subprocess drivers."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _jpegs(sample_paths: list[Path], count: int) -> list[bytes]:
+    out: list[bytes] = []
+    for i in range(count):
+        image = Image.open(sample_paths[i % len(sample_paths)]).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=60 + i // len(sample_paths))
+        out.append(buffer.getvalue())
+    return out
+
+
+def _jpeg(data: bytes) -> Handler:
+    return respond(data, content_type="image/jpeg")
+
+
+def _options(executor: ExecutorConfig, guard: bool = False, **download: object) -> IngestOptions:
+    config = DownloadConfig(
+        allow_private_networks=not guard, backoff_base=0.01, retries=1, total_timeout=1.0, **download
+    )  # type: ignore[arg-type]
+    return IngestOptions(download=config, workers=2, progress=False, commit_every=8, executor=executor)
+
+
+def _write_list(path: Path, urls: list[str]) -> Path:
+    path.write_text("url,caption\n" + "".join(f"{u},caption {i}\n" for i, u in enumerate(urls)))
+    return path
+
+
+def _ingest(root: Path, url_list: Path, options: IngestOptions) -> pd.DataFrame:
+    ws = Workspace.init(root)
+    ingest(ws, create_source("urls", path=str(url_list)), options)
+    return ws.items()[ROW_COLUMNS].sort_values("item_id").reset_index(drop=True)
+
+
+def _assert_objects_match(root: Path) -> None:
+    ws = Workspace.open(root)
+    items = ws.items()
+    for row in items[items.status == "valid"].itertuples():
+        assert hashlib.sha256(ws.object_path(row.sha256, row.format).read_bytes()).hexdigest() == row.sha256
+
+
+RAY = ExecutorConfig("ray", chunk_size=4)
+
+
+def test_ray_ingest_gives_the_local_catalog_rows_with_hostile_servers(
+    tmp_path: Path, sample_paths: list[Path]
+) -> None:
+    *images, busy = _jpegs(sample_paths, 13)
+    routes: dict[str, Handler] = {f"/i/{i}.jpg": _jpeg(data) for i, data in enumerate(images)}
+    routes["/robots.txt"] = respond("User-agent: *\nDisallow: /private/\n", content_type="text/plain")
+    routes["/private/x.jpg"] = _jpeg(images[0])
+    routes["/noai.jpg"] = respond(images[1], content_type="image/jpeg", headers={"X-Robots-Tag": "noai"})
+    routes["/not-an-image.jpg"] = respond(b"<html>nope</html>", content_type="image/jpeg")
+    routes["/stall.jpg"] = stall(30.0)
+    with LoopbackServer(routes) as srv:
+        # 429 with Retry-After, then the image: a fresh sequence per run (each executor sees the same server)
+        def hostile() -> None:
+            srv.routes["/busy.jpg"] = sequence(
+                respond(b"", status=429, headers={"Retry-After": "1"}), _jpeg(busy)
+            )
+
+        paths = [f"/i/{i}.jpg" for i in range(len(images))]
+        paths += [
+            "/missing.jpg",
+            "/busy.jpg",
+            "/stall.jpg",
+            "/private/x.jpg",
+            "/noai.jpg",
+            "/not-an-image.jpg",
+        ]
+        url_list = _write_list(tmp_path / "urls.csv", [srv.url(p) for p in paths] + ["not a url"])
+        hostile()
+        local = _ingest(tmp_path / "local", url_list, _options(ExecutorConfig()))
+        hostile()
+        remote = _ingest(tmp_path / "ray", url_list, _options(RAY))
+    by_url = dict(zip(remote.url, zip(remote.status, remote.reason, strict=True), strict=True))
+    assert by_url[srv.url("/missing.jpg")] == ("failed", "http_404")
+    assert by_url[srv.url("/busy.jpg")] == ("valid", None)
+    assert by_url[srv.url("/stall.jpg")] == ("failed", "timeout")
+    assert by_url[srv.url("/private/x.jpg")] == ("skipped", "robots_txt")
+    assert by_url[srv.url("/noai.jpg")] == ("skipped", "x_robots_tag")
+    assert by_url[srv.url("/not-an-image.jpg")][0] == "invalid"
+    assert (remote.status == "valid").sum() == len(images) + 1
+    pd.testing.assert_frame_equal(local, remote)
+    _assert_objects_match(tmp_path / "ray")
+
+
+def test_ssrf_guard_runs_in_every_worker(tmp_path: Path, sample_paths: list[Path]) -> None:
+    image = _jpegs(sample_paths, 1)[0]
+    routes = {"/a.jpg": _jpeg(image), "/hop.jpg": redirect("http://10.0.0.1/x.jpg")}
+    with LoopbackServer(routes) as srv:
+        url_list = _write_list(tmp_path / "urls.csv", [srv.url("/a.jpg"), srv.url("/hop.jpg")])
+        local = _ingest(tmp_path / "local", url_list, _options(ExecutorConfig(), guard=True))
+        remote = _ingest(tmp_path / "ray", url_list, _options(RAY, guard=True))
+        assert not srv.requests  # loopback refused before a byte left
+    assert set(remote.reason) == {"private_address"} and set(remote.status) == {"skipped"}
+    pd.testing.assert_frame_equal(local, remote)
+
+
+def test_per_host_limits_hold_across_ray_workers(tmp_path: Path, sample_paths: list[Path]) -> None:
+    images = _jpegs(sample_paths, 24)
+    routes: dict[str, Handler] = {f"/i/{i}.jpg": delayed(_jpeg(d), 0.05) for i, d in enumerate(images)}
+    routes["/robots.txt"] = respond(b"", status=404)
+    with LoopbackServer(routes) as srv:
+        url_list = _write_list(tmp_path / "urls.csv", [srv.url(f"/i/{i}.jpg") for i in range(len(images))])
+        # one host dealt over 2 sub-shards (2 CPUs): unless their per-host limits add up to 2, 4 run at once
+        config = ExecutorConfig("ray", shards=4, chunk_size=4)
+        items = _ingest(tmp_path / "ws", url_list, _options(config, per_host_concurrency=2))
+        assert srv.max_inflight <= 2
+        assert Counter(r.path for r in srv.requests if r.path.startswith("/i/")) == {
+            f"/i/{i}.jpg": 1 for i in range(len(images))
+        }
+    assert (items.status == "valid").all() and len(items) == len(images)
+
+
+def _ingest_workers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("ray::") and "ingest_chunk" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(
+    tmp_path: Path, sample_paths: list[Path]
+) -> None:
+    images = _jpegs(sample_paths, 40)
+    routes: dict[str, Handler] = {f"/i/{i}.jpg": delayed(_jpeg(d), 0.1) for i, d in enumerate(images)}
+    routes["/robots.txt"] = respond(b"", status=404)
+    killed: list[int] = []
+    with LoopbackServer(routes) as srv:
+        url_list = _write_list(tmp_path / "urls.csv", [srv.url(f"/i/{i}.jpg") for i in range(len(images))])
+        config = ExecutorConfig("ray", chunk_size=20)
+        result: list[pd.DataFrame] = []
+        run = threading.Thread(
+            target=lambda: result.append(
+                _ingest(tmp_path / "ws", url_list, _options(config, per_host_concurrency=1))
+            )
+        )
+        run.start()
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            workers = _ingest_workers()
+            if workers and len(srv.requests) > 3:
+                workers[0].send_signal(signal.SIGKILL)
+                killed.append(workers[0].pid)
+            time.sleep(0.05)
+        run.join(120)
+        assert killed and not run.is_alive()
+        fetched = Counter(r.path for r in srv.requests if r.path.startswith("/i/"))
+    items = result[0]
+    assert len(items) == len(images) and (items.status == "valid").all() and items.sha256.is_unique
+    assert set(fetched) == {f"/i/{i}.jpg" for i in range(len(images))}
+    assert max(fetched.values()) == 2  # the killed chunk was fetched again
+    _assert_objects_match(tmp_path / "ws")
+
+
+def test_a_killed_driver_is_finished_by_a_rerun(
+    tmp_path: Path, sample_paths: list[Path], ray_instance: str
+) -> None:
+    images = _jpegs(sample_paths, 80)
+    routes: dict[str, Handler] = {f"/i/{i}.jpg": delayed(_jpeg(d), 0.1) for i, d in enumerate(images)}
+    routes["/robots.txt"] = respond(b"", status=404)
+    with LoopbackServer(routes) as srv:
+        urls = [srv.url(f"/i/{i}.jpg") for i in range(len(images))]
+        url_list = _write_list(tmp_path / "urls.csv", urls)
+        Workspace.init(tmp_path / "ws")
+        cmd = [sys.executable, "-m", "emo8", "ingest", "urls", str(url_list), "-w", str(tmp_path / "ws"),
+               "--allow-private-networks", "--per-host", "1", "--quiet",
+               "--executor", "ray", "--ray-address", ray_instance]  # fmt: skip
+        env = {
+            **os.environ,
+            "EMO8_RAY_CHUNK_SIZE": "8",
+        }  # results come back (and are committed) every 8 items
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        ws = Workspace.open(tmp_path / "ws")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.exists(ws.catalog.path) and (ws.items().status == "valid").sum() >= 10:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = ws.items()
+        assert 10 <= (partial.status == "valid").sum() < len(images)
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert rerun.returncode == 0, rerun.stderr
+    items = ws.items()
+    assert sorted(ws.origins().url) == sorted(urls)
+    assert len(items) == len(images) and (items.status == "valid").all() and items.sha256.is_unique
+    _assert_objects_match(tmp_path / "ws")
+
+
+def test_unknown_executor_is_a_clear_error_before_anything_is_registered(tmp_path: Path) -> None:
+    with pytest.raises(ExecutorError, match=r"Unknown executor 'spark'.*local, ray"):
+        get_executor(ExecutorConfig("spark"))
+    ws = Workspace.init(tmp_path / "ws")
+    url_list = _write_list(tmp_path / "urls.csv", ["http://127.0.0.1:9/a.jpg"])
+    with pytest.raises(ExecutorError):
+        ingest(ws, create_source("urls", path=str(url_list)), _options(ExecutorConfig("spark")))
+    assert ws.items().empty
+
+
+def test_ray_embeddings_equal_the_local_ones_bit_for_bit_and_stay_incremental(
+    tmp_path: Path, sample_paths: list[Path]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sample_paths[:10]:
+        shutil.copy(path, folder / path.name)
+    stores = {}
+    for kind in ("local", "ray"):
+        ws = Workspace.init(tmp_path / kind)
+        ingest_folder(ws, folder)
+        config = EmbedConfig(device="cpu", workers=0, batch_size=4, shard_size=4, dtype="float32",
+                             compact=False, progress=False, executor=ExecutorConfig(kind))  # fmt: skip
+        summary = embed(ws, config)
+        assert summary.new == 10 and not summary.failed
+        stores[kind] = ws
+    local_ids, local = load_embeddings(stores["local"], "efficientnet-lite0")
+    ray_ids, remote = load_embeddings(stores["ray"], "efficientnet-lite0")
+    assert ray_ids == local_ids
+    assert np.asarray(remote).tobytes() == np.asarray(local).tobytes()  # bit for bit
+    # incremental: two more images, only they are embedded, by the same batches as a local run would use
+    for path in sample_paths[10:12]:
+        shutil.copy(path, folder / path.name)
+    ingest_folder(stores["ray"], folder)
+    again = embed(stores["ray"], EmbedConfig(device="cpu", workers=0, batch_size=4, dtype="float32",
+                                            progress=False, executor=RAY))  # fmt: skip
+    assert again.new == 2 and again.total == 12
+
+
+def test_ray_person_detection_stores_what_the_local_one_stores(
+    tmp_path: Path, sample_paths: list[Path]
+) -> None:
+    from emo8.people import DetectConfig, detect_people, detections
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    samples = Path(__file__).resolve().parents[1] / "emo8" / "samples" / "images"
+    for name in [
+        "skm-0007.jpg",
+        "mpl-0001.jpg",
+        "ocv-0002.jpg",
+        "lom-0005.jpg",
+        "lom-0006.jpg",
+        "pla-0009.jpg",
+    ]:
+        shutil.copy(samples / name, folder / name)  # two faces (astronaut, Hopper), a team, landscapes
+    found = {}
+    for kind in ("local", "ray"):
+        ws = Workspace.init(tmp_path / kind)
+        ingest_folder(ws, folder)
+        config = DetectConfig(
+            backend="opencv-haar-face", batch_size=2, progress=False, executor=ExecutorConfig(kind)
+        )
+        summary = detect_people(ws, config)
+        assert summary.processed == 6 and summary.errors == 0
+        rows = sorted(detections(ws), key=lambda r: r["item_id"])
+        found[kind] = [{k: v for k, v in r.items() if k != "created_at"} for r in rows]
+        again = detect_people(ws, config)  # incremental: nothing left to do
+        assert again.processed == 0 and again.already == 6
+    assert found["ray"] == found["local"] and any(r["num_faces"] for r in found["local"])
+
+
+def test_every_host_belongs_to_one_shard_or_splits_its_limits() -> None:
+    from emo8.distributed.ray_ingest import host_of, plan_shards
+
+    urls = [f"http://h{i % 7}.example/{i}.jpg" for i in range(70)]
+    pending = pd.DataFrame({"item_id": [f"id{i}" for i in range(70)], "url": urls, "source_path": None})
+    config = DownloadConfig(per_host_concurrency=4, per_host_rate=2.0)
+    plan = plan_shards(pending, 3, 4, config)
+    owners: dict[str, set[int]] = {}
+    for index, shard in enumerate(plan):
+        assert shard.download == config
+        for chunk in shard.chunks:
+            assert len(chunk) <= 4
+            for _, url, _ in chunk:
+                owners.setdefault(host_of(url), set()).add(index)
+    assert len(owners) == 7 and all(len(v) == 1 for v in owners.values())
+    assert sorted(r[0] for s in plan for c in s.chunks for r in c) == sorted(pending.item_id)
+    # one host, four shards: four sub-shards whose limits sum to the host's
+    single = plan_shards(
+        pending.assign(url=[f"http://one.example/{i}.jpg" for i in range(70)]), 4, 100, config
+    )
+    assert len(single) == 4
+    assert sum(s.download.per_host_concurrency for s in single) <= 4
+    assert sum(s.download.per_host_rate or 0 for s in single) <= 2.0
+
+
+def test_ray_embedding_survives_a_killed_actor(tmp_path: Path, sample_paths: list[Path]) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sample_paths[:10]:
+        shutil.copy(path, folder / path.name)
+    ws = Workspace.init(tmp_path / "ws")
+    ingest_folder(ws, folder)
+    config = EmbedConfig(device="cpu", workers=0, batch_size=2, dtype="float32", progress=False, executor=RAY)
+    result: list[object] = []
+    run = threading.Thread(target=lambda: result.append(embed(ws, config)))
+    run.start()
+    killed: list[int] = []
+    deadline = time.monotonic() + 60
+    while not killed and time.monotonic() < deadline and run.is_alive():
+        for proc in psutil.process_iter(["cmdline"]):
+            if "EncodeBatches" in " ".join(proc.info["cmdline"] or []):
+                time.sleep(0.5)  # let it load the model and start encoding
+                proc.send_signal(signal.SIGKILL)
+                killed.append(proc.pid)
+                break
+        time.sleep(0.05)
+    run.join(180)
+    assert killed and not run.is_alive() and result
+    ids, matrix = load_embeddings(ws, "efficientnet-lite0")
+    assert len(ids) == 10 and len(set(ids)) == 10
+    local = Workspace.init(tmp_path / "local")
+    ingest_folder(local, folder)
+    embed(local, EmbedConfig(device="cpu", workers=0, batch_size=2, dtype="float32", progress=False))
+    local_ids, local_matrix = load_embeddings(local, "efficientnet-lite0")
+    assert ids == local_ids and np.asarray(matrix).tobytes() == np.asarray(local_matrix).tobytes()
