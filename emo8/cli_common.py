@@ -69,6 +69,30 @@ def ordered_group(order: tuple[str, ...] = ()) -> type[TyperGroup]:
     return OrderedGroup
 
 
+def _flags_show_no_type() -> None:
+    """Show boolean flags without a type in ``--help``.
+
+    Typer >= 0.20 prints a type column for every option, ``<bool>`` for flags too, which reads as if ``--quiet``
+    took a value. Flags (``--x`` alone, or a ``--x/--no-x`` pair) take none, so their type cell stays empty.
+    """
+    from typer.core import TyperOption
+
+    original = getattr(TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "emo8_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return original(self, ctx)  # type: ignore[no-any-return]
+
+    display_type_rich.emo8_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
+
+
 WorkspaceOpt = Annotated[
     Path,
     typer.Option(

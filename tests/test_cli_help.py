@@ -112,3 +112,12 @@ def test_boolean_flags_read_as_flags() -> None:
     pretrain = _options("uniemox", ("pretrain",))
     assert pretrain["--compile"].secondary_opts == [] and pretrain["--norm-pix-loss"].secondary_opts == []
     assert "--no-progress" in pretrain["--quiet"].opts  # the old spelling still works
+
+
+@pytest.mark.parametrize(("program", "path"), [("emo8", ("dedup",)), ("uniemox", ("pretrain",))])
+def test_flags_show_no_value_type(program: str, path: tuple[str, ...]) -> None:
+    """A flag takes no value, so its help row must not show one (Typer prints ``<bool>`` for flags by default)."""
+    result = CliRunner().invoke(APPS[program], [*path, "--help"], terminal_width=200)
+    assert result.exit_code == 0 and "--quiet" in result.output
+    assert "<bool>" not in result.output
+    assert "<int>" in result.output  # value options keep their type
