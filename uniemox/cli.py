@@ -8,7 +8,6 @@ one paragraph with the exit codes of ``emo8`` (see :data:`emo8.cli_common.EXIT_C
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +27,7 @@ from emo8.cli_common import (
     ordered_group,
 )
 from uniemox.cli_downstream import register as register_downstream
+from uniemox.cli_downstream import setup_logging
 from uniemox.config import DataConfig, LossConfig, ModelConfig, OptimConfig, PretrainConfig, TeacherConfig
 
 app = typer.Typer(
@@ -53,13 +53,6 @@ def errors() -> Any:
 
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", "--no-progress", help=QUIET_HELP)]
-
-
-def _setup_logging(verbose: bool) -> None:
-    """INFO lines when ``verbose``, else warnings only."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
 
 
 @app.command(rich_help_panel=PANEL_PRETRAIN)
@@ -133,7 +126,7 @@ def pretrain(
     from uniemox.datapath import check_data_path
     from uniemox.train import pretrain as run
 
-    _setup_logging(not quiet)
+    setup_logging(not quiet)
     progress = not quiet
     with errors():
         check_data_path(data)  # before anything is written into --out
@@ -232,7 +225,7 @@ def smoke(
     from uniemox.testing import make_hf_dataset, tiny_config, tiny_teacher
     from uniemox.train import pretrain as run
 
-    _setup_logging(True)
+    setup_logging(True)
     out.mkdir(parents=True, exist_ok=True)
     data = make_hf_dataset(out / "samples-hf", n=32)
     cfg = tiny_config(data, out / "run", tiny_teacher(out), max_steps=steps, ckpt_every=steps)

@@ -42,9 +42,14 @@ LabelColOpt = Annotated[
 ]
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+def setup_logging(verbose: bool) -> None:
+    """Our INFO lines when ``verbose`` (loggers ``uniemox`` and ``emo8``), else warnings only.
+
+    Other libraries stay at WARNING: open_clip logs every step of building a model at INFO on the root logger.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("uniemox", "emo8"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def finetune_cmd(
@@ -107,7 +112,7 @@ def finetune_cmd(
     finetune ..."""
     from uniemox.finetune import FinetuneConfig, finetune
 
-    _logging(verbose)
+    setup_logging(verbose)
     cfg = FinetuneConfig(
         out=str(out), data=data, dataset=dataset, init=init, weights=weights, random_init=random_init, model=model,
         linear_probe=linear_probe, cache_features=cache_features, fraction=fraction, fraction_seed=fraction_seed,
