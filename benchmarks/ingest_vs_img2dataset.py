@@ -42,6 +42,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,6 +130,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def image_server() -> Iterator[int]:
+    """Serve :data:`WWW` on a free loopback port in a child process; yield the port once it accepts connections."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(WWW), str(port)])
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def ensure_peer() -> Path:
@@ -290,17 +310,9 @@ def main() -> None:
     t0 = time.perf_counter()
     make_images(max([*args.counts, args.startup_count]))
     print(f"input ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(WWW), str(port)])
     plan = [(args.startup_count, args.startup_repeats)] + [(c, args.repeats) for c in args.counts]
     runs: list[Run] = []
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with image_server() as port:
         for count, repeats in plan:
             url_list = url_list_for(count, port)
             for _ in range(repeats):  # alternating, so machine noise hits every tool alike
@@ -312,9 +324,6 @@ def main() -> None:
                         f"ok={run.ok} rss={run.rss:.0f} MB load={run.load:.2f}",
                         flush=True,
                     )
-    finally:
-        server.terminate()
-        server.wait()
 
     report: dict[str, object] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

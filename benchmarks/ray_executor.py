@@ -20,12 +20,10 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,10 +31,8 @@ import psutil
 from ingest_vs_img2dataset import (
     IN_FLIGHT,
     PROCESSES,
-    SERVER,
     WORK,
-    WWW,
-    free_port,
+    image_server,
     make_images,
     run_measured,
 )
@@ -125,34 +121,25 @@ def main() -> None:
     args = parser.parse_args()
 
     make_images(args.count)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(WWW), str(port)])
     runs: list[dict[str, float | int | str]] = []
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with image_server() as port:
         url_list = _url_list_for(args.count, port)
         startup = [run_measured([sys.executable, "-c", RAY_START]) for _ in range(args.repeats)]
         subprocess.run([*RAY_CLI, "start", "--head", f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
                         "--disable-usage-stats"], check=True, capture_output=True)  # fmt: skip
-        for _ in range(args.repeats):
-            for executor in EXECUTORS:
-                r = run_ingest(url_list, executor)
-                runs.append(r)
-                print(
-                    f"  {executor:<6} n={args.count} wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
-                    f"{1000 * float(r['cpu_s']) / max(1, int(r['ok'])):.2f} CPU-ms/image, ok={r['ok']}, "
-                    f"rss {float(r['rss_mb']):.0f} MB, load {float(r['load']):.2f}",
-                    flush=True,
-                )
-    finally:
-        subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
-        server.terminate()
-        server.wait()
+        try:
+            for _ in range(args.repeats):
+                for executor in EXECUTORS:
+                    r = run_ingest(url_list, executor)
+                    runs.append(r)
+                    print(
+                        f"  {executor:<6} n={args.count} wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
+                        f"{1000 * float(r['cpu_s']) / max(1, int(r['ok'])):.2f} CPU-ms/image, ok={r['ok']}, "
+                        f"rss {float(r['rss_mb']):.0f} MB, load {float(r['load']):.2f}",
+                        flush=True,
+                    )
+        finally:
+            subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
 
     def median(executor: str, key: str) -> float:
         return statistics.median(float(r[key]) for r in runs if r["executor"] == executor)

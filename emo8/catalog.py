@@ -103,6 +103,10 @@ CREATE TABLE IF NOT EXISTS selections (
 
 SCHEMA_VERSION = 1
 
+#: Split names of the ``split`` column, in the order of :attr:`emo8.split.SplitConfig.ratios` (Hugging Face's
+#: names; ImageFolder exports use ``train``/``val``/``test``).
+SPLITS = ("train", "validation", "test")
+
 #: Every documented column of the ``items`` table (docs/catalog.md), in the order :meth:`Workspace.items` returns
 #: them, with its kind: ``text``, ``integer``, ``real`` or ``list`` (a JSON list stored as text, returned parsed).
 #: Later stages add their columns when they first run; the Python API returns all of them whatever has run.

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emo8.catalog import SPLITS
 from emo8.curation import (
     EXACT_COSINE_LIMIT,
     DedupPairs,
@@ -53,10 +54,6 @@ from emo8.curation import (
 from emo8.progress import stage_steps
 from emo8.similarity import components
 from emo8.workspace import Workspace
-
-#: Split names, in the order of :attr:`SplitConfig.ratios` (Hugging Face's names; ImageFolder exports use
-#: ``train``/``val``/``test``).
-SPLITS = ("train", "validation", "test")
 
 #: Statuses that take part in splitting: released candidates and the duplicates that tie clusters together.
 SPLIT_STATUSES = ("valid", "duplicate")

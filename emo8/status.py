@@ -15,10 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emo8.catalog import SPLITS
 from emo8.workspace import Workspace
-
-#: The splits, in order (as :data:`emo8.split.SPLITS`, without importing the split stage's dependencies).
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass

@@ -17,6 +17,7 @@ Canned handlers (:func:`respond`, :func:`redirect`, :func:`sequence`, :func:`sta
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import mimetypes
 import socket
@@ -212,6 +213,19 @@ def http_server() -> Iterator[LoopbackServer]:
 
 
 # -- canned handlers -------------------------------------------------------------------------------------
+def distinct_jpegs(sample_paths: list[Path], count: int) -> list[bytes]:
+    """``count`` JPEGs with distinct bytes made from the sample images (cycled; each pass a higher quality)."""
+    from PIL import Image
+
+    out: list[bytes] = []
+    for i in range(count):
+        image = Image.open(sample_paths[i % len(sample_paths)]).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=60 + i // len(sample_paths))
+        out.append(buffer.getvalue())
+    return out
+
+
 def respond(
     body: bytes | str = b"",
     status: int = 200,

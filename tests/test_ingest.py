@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal
@@ -19,8 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from aiohttp import web
-from httpfixtures import Handler, LoopbackServer, delayed, respond
-from PIL import Image
+from httpfixtures import Handler, LoopbackServer, delayed, distinct_jpegs, respond
 from typer.testing import CliRunner
 
 from emo8 import Workspace
@@ -170,22 +168,12 @@ def test_retry_failed_refetches_only_failed_items(
 # -- a killed process ------------------------------------------------------------------------------------------------
 
 
-def _distinct_jpegs(sample_paths: list[Path], count: int) -> list[bytes]:
-    out: list[bytes] = []
-    for i in range(count):
-        image = Image.open(sample_paths[i % len(sample_paths)]).convert("RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=60 + i // len(sample_paths))
-        out.append(buffer.getvalue())
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigkill_half_way_then_rerun_accounts_for_every_url_once(
     tmp_path: Path, sample_paths: list[Path]
 ) -> None:
-    images = _distinct_jpegs(sample_paths, 160)
+    images = distinct_jpegs(sample_paths, 160)
     routes = {f"/i/{i}.jpg": delayed(_jpeg(data), 0.03) for i, data in enumerate(images)}
     routes["/robots.txt"] = respond("User-agent: *\nAllow: /\n", content_type="text/plain")
     with LoopbackServer(routes) as srv:

@@ -8,7 +8,6 @@ bit for bit; the same person detections.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import signal
@@ -24,8 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from dedupfixtures import ingest_folder
-from httpfixtures import Handler, LoopbackServer, delayed, redirect, respond, sequence, stall
-from PIL import Image
+from httpfixtures import Handler, LoopbackServer, delayed, distinct_jpegs, redirect, respond, sequence, stall
 
 from emo8 import Workspace
 from emo8.catalog import SIGNAL_COLUMNS
@@ -51,16 +49,6 @@ def ray_instance() -> Iterator[str]:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-def _jpegs(sample_paths: list[Path], count: int) -> list[bytes]:
-    out: list[bytes] = []
-    for i in range(count):
-        image = Image.open(sample_paths[i % len(sample_paths)]).convert("RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=60 + i // len(sample_paths))
-        out.append(buffer.getvalue())
-    return out
 
 
 def _jpeg(data: bytes) -> Handler:
@@ -98,7 +86,7 @@ RAY = ExecutorConfig("ray", chunk_size=4)
 def test_ray_ingest_gives_the_local_catalog_rows_with_hostile_servers(
     tmp_path: Path, sample_paths: list[Path]
 ) -> None:
-    *images, busy = _jpegs(sample_paths, 13)
+    *images, busy = distinct_jpegs(sample_paths, 13)
     routes: dict[str, Handler] = {f"/i/{i}.jpg": _jpeg(data) for i, data in enumerate(images)}
     routes["/robots.txt"] = respond("User-agent: *\nDisallow: /private/\n", content_type="text/plain")
     routes["/private/x.jpg"] = _jpeg(images[0])
@@ -139,7 +127,7 @@ def test_ray_ingest_gives_the_local_catalog_rows_with_hostile_servers(
 
 
 def test_ssrf_guard_runs_in_every_worker(tmp_path: Path, sample_paths: list[Path]) -> None:
-    image = _jpegs(sample_paths, 1)[0]
+    image = distinct_jpegs(sample_paths, 1)[0]
     routes = {"/a.jpg": _jpeg(image), "/hop.jpg": redirect("http://10.0.0.1/x.jpg")}
     with LoopbackServer(routes) as srv:
         url_list = _write_list(tmp_path / "urls.csv", [srv.url("/a.jpg"), srv.url("/hop.jpg")])
@@ -151,7 +139,7 @@ def test_ssrf_guard_runs_in_every_worker(tmp_path: Path, sample_paths: list[Path
 
 
 def test_per_host_limits_hold_across_ray_workers(tmp_path: Path, sample_paths: list[Path]) -> None:
-    images = _jpegs(sample_paths, 24)
+    images = distinct_jpegs(sample_paths, 24)
     routes: dict[str, Handler] = {f"/i/{i}.jpg": delayed(_jpeg(d), 0.05) for i, d in enumerate(images)}
     routes["/robots.txt"] = respond(b"", status=404)
     with LoopbackServer(routes) as srv:
@@ -178,7 +166,7 @@ def _ingest_workers() -> list[psutil.Process]:
 def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(
     tmp_path: Path, sample_paths: list[Path]
 ) -> None:
-    images = _jpegs(sample_paths, 40)
+    images = distinct_jpegs(sample_paths, 40)
     routes: dict[str, Handler] = {f"/i/{i}.jpg": delayed(_jpeg(d), 0.1) for i, d in enumerate(images)}
     routes["/robots.txt"] = respond(b"", status=404)
     killed: list[int] = []
@@ -212,7 +200,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(
 def test_a_killed_driver_is_finished_by_a_rerun(
     tmp_path: Path, sample_paths: list[Path], ray_instance: str
 ) -> None:
-    images = _jpegs(sample_paths, 80)
+    images = distinct_jpegs(sample_paths, 80)
     routes: dict[str, Handler] = {f"/i/{i}.jpg": delayed(_jpeg(d), 0.1) for i, d in enumerate(images)}
     routes["/robots.txt"] = respond(b"", status=404)
     with LoopbackServer(routes) as srv:
