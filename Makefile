@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m emo8.demo
+	$(BIN)/python -m emo8.pipeline.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check emo8 uniemox tests benchmarks

@@ -4,7 +4,7 @@ Usage: ``.venv-peers/imagededup/bin/python benchmarks/_imagededup_runner.py JOB.
 
 The job names the image folder, the thresholds, the worker count, and the EfficientNet-Lite0 weight file; the
 CNN is fed the same model and preprocessing as emo8 (imagededup's ``CustomModel`` API), loaded with emo8's key
-rename (``emo8/encoders.py`` is imported by path: it needs only torch, timm and Pillow).
+rename (``emo8/embed/encoders.py`` is imported by path: it needs only torch, timm and Pillow).
 """
 
 from __future__ import annotations

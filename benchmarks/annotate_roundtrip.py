@@ -39,8 +39,8 @@ from emo8.annotate.labelconfig import LabelConfig  # noqa: E402
 from emo8.annotate.rounds import PullOptions, PushOptions, project_title, pull_round, push_round  # noqa: E402
 from emo8.annotate.server import ServerConfig, create_annotator, start_server, stop_server  # noqa: E402
 from emo8.annotate.store import AnnotationStore  # noqa: E402
-from emo8.catalog import ItemOutcome, OriginRecord  # noqa: E402
-from emo8.taxonomy import EMOTIONS  # noqa: E402
+from emo8.core.catalog import ItemOutcome, OriginRecord  # noqa: E402
+from emo8.core.taxonomy import EMOTIONS  # noqa: E402
 
 
 def make_workspace(root: Path, n: int) -> tuple[Workspace, list[str]]:

@@ -58,14 +58,14 @@ sys.path.insert(0, str(REPO))
 from machine import cpu_model  # noqa: E402
 
 from emo8 import Workspace  # noqa: E402
-from emo8.dedup import DedupConfig, dedup  # noqa: E402
-from emo8.embed import EmbedConfig, embed  # noqa: E402
-from emo8.encoders import lite0_weights_path  # noqa: E402
-from emo8.imaging import ValidationConfig  # noqa: E402
-from emo8.ingest import IngestOptions, ingest  # noqa: E402
-from emo8.similarity import components, cosine_pairs, hamming_pairs  # noqa: E402
-from emo8.sources import create_source  # noqa: E402
-from emo8.verify import FeatureCache, VerifyConfig, _ratio_matches  # noqa: E402
+from emo8.core.imaging import ValidationConfig  # noqa: E402
+from emo8.core.similarity import components, cosine_pairs, hamming_pairs  # noqa: E402
+from emo8.dedup.tiers import DedupConfig, dedup  # noqa: E402
+from emo8.dedup.verify import FeatureCache, VerifyConfig, _ratio_matches  # noqa: E402
+from emo8.embed.encoders import lite0_weights_path  # noqa: E402
+from emo8.embed.run import EmbedConfig, embed  # noqa: E402
+from emo8.ingest.run import IngestOptions, ingest  # noqa: E402
+from emo8.ingest.sources import create_source  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "photos-dev"
 OUT = REPO / "benchmarks" / "out"
@@ -397,7 +397,7 @@ def run_plain_sift(ws: Workspace, records: list[dict[str, Any]], position: dict[
                    workers: int = 1) -> dict[str, Any]:  # fmt: skip
     """Plain SIFT: the grey-zone candidates of dedup (cosine top-k and loose pHash), kept when >= ``min_matches``
     descriptors pass the ratio test, with no geometric check; then connected components."""
-    from emo8 import dedup as dedup_mod
+    from emo8.dedup import tiers as dedup_mod
 
     ctx = dedup_mod._load_context(ws, DedupConfig())
     i, j, _cos = dedup_mod._grey_zone(replace_ctx(ctx))

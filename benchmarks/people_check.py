@@ -5,7 +5,7 @@ them (``has_person`` 1 = a real or depicted human whose body or face is clearly 
 docs/suggest.md). The file fixes a ``tune`` / ``test`` split by provenance group (tiles of one painting stay on one
 side): thresholds and combinations were chosen on ``tune`` only, ``test`` is the held-out report.
 
-Each backend runs through :func:`emo8.people.create_detector` on the images as ``detect-people`` decodes them
+Each backend runs through :func:`emo8.label.people.create_detector` on the images as ``detect-people`` decodes them
 (``load_rgb``, longer side <= 640); an image "has a person" when the backend returns at least one person box.
 A spec ``KEY@T`` runs ``KEY`` with ``--threshold T``. Throughput is decode + detect on one thread.
 
@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from machine import cpu_model  # noqa: E402
 
-from emo8.imaging import load_rgb  # noqa: E402
-from emo8.people import DEFAULT_BACKEND, DetectConfig, create_detector  # noqa: E402
+from emo8.core.imaging import load_rgb  # noqa: E402
+from emo8.label.people import DEFAULT_BACKEND, DetectConfig, create_detector  # noqa: E402
 
 PHOTOS = REPO.parent / "shared" / "data" / "photos-dev"
 LABELS = REPO / "benchmarks" / "data" / "people_labels.csv"

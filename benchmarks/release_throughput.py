@@ -29,10 +29,10 @@ import numpy as np
 from machine import cpu_model
 
 from emo8 import Workspace
-from emo8.catalog import ItemOutcome, OriginRecord
-from emo8.release import ReleaseConfig, release
-from emo8.split import assign_splits
-from emo8.taxonomy import EMOTIONS
+from emo8.core.catalog import ItemOutcome, OriginRecord
+from emo8.core.taxonomy import EMOTIONS
+from emo8.release.publish import ReleaseConfig, release
+from emo8.release.split import assign_splits
 
 SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples"
 DOMAINS = ("cartoon", "natural", "realistic", "scifi", "advertising")
@@ -61,7 +61,7 @@ def synthesise(root: Path, items: int, seed: int = 0) -> Workspace:
         )  # fmt: skip
         outcomes.append((key, sha, base))
     ws.catalog.register(records)
-    from emo8.catalog import item_id_for
+    from emo8.core.catalog import item_id_for
 
     ws.catalog.apply(
         ItemOutcome(

@@ -38,12 +38,13 @@ import numpy as np
 from machine import cpu_model
 
 from emo8 import Workspace
-from emo8.embed import EmbedConfig, embed
-from emo8.ingest import IngestOptions, ingest
-from emo8.people import DetectConfig, detect_people
-from emo8.selection import SelectConfig, select
-from emo8.sources import create_source
-from emo8.suggest import (
+from emo8.core.taxonomy import EMOTIONS
+from emo8.embed.run import EmbedConfig, embed
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
+from emo8.label.people import DetectConfig, detect_people
+from emo8.label.selection import SelectConfig, select
+from emo8.label.suggest import (
     KnnSource,
     ProbeSource,
     SourceContext,
@@ -54,7 +55,6 @@ from emo8.suggest import (
     load_embeddings,
     suggest,
 )
-from emo8.taxonomy import EMOTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "photos-dev"

@@ -16,9 +16,9 @@ from PIL import Image, ImageOps
 from suggestfixtures import copy_workspace, lite0_template
 
 from emo8 import Workspace
-from emo8.embed import EmbedConfig, embed
-from emo8.ingest import IngestOptions, ingest
-from emo8.sources import create_source
+from emo8.embed.run import EmbedConfig, embed
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
 
 __all__ = ["COPIED", "DupSet", "dup_template", "dup_ws", "ingest_folder", "lite0_template", "make_copy"]
 

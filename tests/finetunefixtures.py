@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from emo8.taxonomy import EMOTIONS
+from emo8.core.taxonomy import EMOTIONS
 from uniemox.testing import SAMPLES
 
 SPLITS = ("train", "val", "test")
@@ -84,7 +84,7 @@ def make_emo8_release(root: Path, n: int = 48, with_missing_votes: bool = True) 
     """An Emo8 release as ``emo8 release`` writes it: data/{train,validation,test}-00000-of-00001.parquet."""
     import datasets
 
-    from emo8.release import features
+    from emo8.release.publish import features
 
     feats = features()
     keep = ("image", "label", "label_distribution", "domain", "sha256")

@@ -20,11 +20,11 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from emo8 import Workspace
-from emo8.dedup import DedupConfig, dedup
-from emo8.embed import EmbedConfig, embed
-from emo8.imaging import ValidationConfig
-from emo8.ingest import IngestOptions, ingest
-from emo8.sources import create_source
+from emo8.core.imaging import ValidationConfig
+from emo8.dedup.tiers import DedupConfig, dedup
+from emo8.embed.run import EmbedConfig, embed
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
 
 __all__ = ["EDITS", "ND_CONFIG", "NEARDUP_SAMPLES", "names", "neardup_template", "neardup_ws"]
 

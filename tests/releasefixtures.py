@@ -17,9 +17,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from emo8 import Workspace
-from emo8.ingest import IngestOptions, ingest
-from emo8.sources import create_source
-from emo8.taxonomy import EMOTIONS
+from emo8.core.taxonomy import EMOTIONS
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
 
 SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples"
 
@@ -189,7 +189,7 @@ def make_variants(sample_rows: list[dict[str, str]], samples: Path, out: Path) -
 def _variants_template(
     tmp_path_factory: pytest.TempPathFactory, _labelled_template: Path, sample_rows: list[dict[str, str]]
 ) -> Path:
-    from emo8.embed import EmbedConfig, embed
+    from emo8.embed.run import EmbedConfig, embed
 
     if "variants" in _TEMPLATES:
         return _TEMPLATES["variants"]

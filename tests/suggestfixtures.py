@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from emo8 import Workspace
-from emo8.embed import EmbedConfig, embed
-from emo8.ingest import IngestOptions, ingest
-from emo8.sources import create_source
-from emo8.taxonomy import EMOTIONS
+from emo8.core.taxonomy import EMOTIONS
+from emo8.embed.run import EmbedConfig, embed
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
 
 __all__ = ["category_labels", "copy_workspace", "lite0_template", "lite0_ws"]
 

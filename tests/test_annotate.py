@@ -53,9 +53,9 @@ from emo8.annotate.server import (
 )
 from emo8.annotate.store import AnnotationRecord, AnnotationStore
 from emo8.cli import app
-from emo8.ingest import IngestOptions, ingest
-from emo8.sources import create_source
-from emo8.taxonomy import EMOTIONS
+from emo8.core.taxonomy import EMOTIONS
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
 
 CONFIG = LabelConfig.load()
 FAST = ClientConfig(timeout=60.0, deadline=120.0, backoff=0.2, max_backoff=2.0)

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.annotate.store import AnnotationRecord, AnnotationStore
-from emo8.audit import AuditConfig, audit
 from emo8.cli import app
-from emo8.ingest import IngestOptions, ingest
-from emo8.sources import create_source
-from emo8.taxonomy import EMOTIONS
+from emo8.core.taxonomy import EMOTIONS
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
+from emo8.release.audit import AuditConfig, audit
 
 #: Labels that a probe on image embeddings can learn from 80 images: the style of the image.
 DOMAIN_EMOTION = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from emo8 import Workspace, WorkspaceError
-from emo8.catalog import ItemOutcome, OriginRecord, item_id_for
+from emo8.core.catalog import ItemOutcome, OriginRecord, item_id_for
 
 REQUIRED_COLUMNS = [
     "item_id", "source", "url", "source_path", "status", "reason", "http_status", "sha256", "width", "height",

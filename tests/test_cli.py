@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.cli_common import EXIT_CODES
+from emo8.cli.common import EXIT_CODES
 from uniemox.cli import app as uniemox_app
 
 runner = CliRunner()

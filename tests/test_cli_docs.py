@@ -7,14 +7,14 @@ from pathlib import Path
 import typer
 
 from emo8.cli import app
-from emo8.clidoc import render
+from emo8.cli.doc import render
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def test_cli_reference_is_up_to_date() -> None:
     assert DOC.read_text() == render(), (
-        "docs/cli.md is stale: run `python -m emo8.clidoc --write docs/cli.md`"
+        "docs/cli.md is stale: run `python -m emo8.cli.doc --write docs/cli.md`"
     )
 
 

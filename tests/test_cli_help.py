@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from emo8.cli import app as emo8_app
-from emo8.cli_common import DEFAULT_WORKERS, PANELS
+from emo8.cli.common import DEFAULT_WORKERS, PANELS
 from uniemox.cli import app as uniemox_app
 
 APPS = {"emo8": emo8_app, "uniemox": uniemox_app}

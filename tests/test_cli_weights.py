@@ -10,8 +10,8 @@ from pathlib import Path
 import huggingface_hub.constants  # noqa: F401  (before a test sets HF_HUB_OFFLINE: it is read once, at import)
 import pytest
 
-from emo8.encoders import EncoderSpec, WeightsError, load_encoder
-from emo8.weights import WeightsUnavailable, hub_reachable, open_clip_cached_weights, open_clip_hub_guard
+from emo8.core.weights import WeightsUnavailable, hub_reachable, open_clip_cached_weights, open_clip_hub_guard
+from emo8.embed.encoders import EncoderSpec, WeightsError, load_encoder
 
 KEY = "open_clip:ViT-B-32/laion2b_s34b_b79k"
 

@@ -21,18 +21,8 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.curation import dedup_pairs
-from emo8.dedup import (
-    DEDUP_COLUMNS,
-    EMBED_MIN_SIMILARITY,
-    PHASH_MAX_DISTANCE,
-    DedupConfig,
-    canonical_order,
-    dedup,
-    licence_rank,
-)
-from emo8.embed import EmbedConfig, embed, load_embeddings
-from emo8.similarity import (
+from emo8.core.curation import dedup_pairs
+from emo8.core.similarity import (
     Edges,
     SearchConfig,
     cosine_pairs,
@@ -44,6 +34,16 @@ from emo8.similarity import (
     popcount,
     verified_clusters,
 )
+from emo8.dedup.tiers import (
+    DEDUP_COLUMNS,
+    EMBED_MIN_SIMILARITY,
+    PHASH_MAX_DISTANCE,
+    DedupConfig,
+    canonical_order,
+    dedup,
+    licence_rank,
+)
+from emo8.embed.run import EmbedConfig, embed, load_embeddings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples" / "images"
 CONFIG = DedupConfig(workers=1, device="cpu")
@@ -201,7 +201,7 @@ def test_canonical_policy_pixels_then_licence_then_earliest() -> None:
     )
     order = canonical_order(items, np.zeros(5, bool), ())
     assert order[0] == 3  # no preference: largest, a known licence before none, then earliest: d
-    from emo8.dedup import DEFAULT_LICENCE_PREFERENCE as PREF
+    from emo8.dedup.tiers import DEFAULT_LICENCE_PREFERENCE as PREF
 
     order = canonical_order(items, np.zeros(5, bool), PREF)
     assert items.item_id[order].tolist() == ["d", "c", "b", "e", "a"]

@@ -28,7 +28,7 @@ from httpfixtures import (
     stall,
 )
 
-from emo8.download import (
+from emo8.ingest.download import (
     AddressFilter,
     Clock,
     DownloadConfig,
@@ -43,7 +43,7 @@ from emo8.download import (
     parse_retry_after,
     parse_url,
 )
-from emo8.robots import parse_robots_txt, product_token, x_robots_blocked
+from emo8.ingest.robots import parse_robots_txt, product_token, x_robots_blocked
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"
 UA = "emo8-test/9.9 (+https://example.org/emo8; tests)"

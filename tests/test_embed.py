@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.embed import EmbedConfig, EmbeddingStore, EmbeddingStoreError, embed, load_embeddings
-from emo8.encoders import (
+from emo8.core.imaging import load_rgb
+from emo8.embed.encoders import (
     DEFAULT_PREPROCESS,
     EncoderKeyError,
     EncoderSpec,
@@ -27,7 +27,7 @@ from emo8.encoders import (
     load_encoder,
     safe_key,
 )
-from emo8.imaging import load_rgb
+from emo8.embed.run import EmbedConfig, EmbeddingStore, EmbeddingStoreError, embed, load_embeddings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples" / "images"
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.hub import PushConfig, PushError, push_release, release_files
-from emo8.release import ReleaseConfig, release
+from emo8.release.hub import PushConfig, PushError, push_release, release_files
+from emo8.release.publish import ReleaseConfig, release
 
 TOKEN = "hf_fake_0123456789abcdefSECRET"
 REPO = "emo8-org/emo8"

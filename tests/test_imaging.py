@@ -1,4 +1,4 @@
-"""Tests for emo8.imaging: validation reasons, normalisation and signals, on the bundled real samples."""
+"""Tests for emo8.core.imaging: validation reasons, normalisation and signals, on the bundled real samples."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from emo8.imaging import (
+from emo8.core.imaging import (
     FORMAT_EXTENSIONS,
     ImageInfo,
     ValidationConfig,
@@ -274,7 +274,7 @@ def test_corrupt(photo_jpeg: bytes) -> None:
 _PEAK_MEMORY = """
 import json, resource, sys
 from pathlib import Path
-from emo8.imaging import inspect_image
+from emo8.core.imaging import inspect_image
 inspect_image(Path(sys.argv[2]).read_bytes())  # warm up: plugins, decoders and buffers of a normal image
 data = Path(sys.argv[1]).read_bytes()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -554,7 +554,7 @@ def test_load_rgb_first_frame_and_errors(photo: Image.Image) -> None:
 def test_perceptual_hashes_match_imagehash() -> None:
     """pHash/dHash computed by matrix products agree with imagehash on the same luma image: identical on nearly
     every sample, and never more than a rounding bit or two apart."""
-    from emo8.imaging import SIGNAL_SIDE, perceptual_hashes
+    from emo8.core.imaging import SIGNAL_SIDE, perceptual_hashes
 
     same, total = 0, 0
     for path in sample_paths():
@@ -572,7 +572,7 @@ def test_perceptual_hashes_match_imagehash() -> None:
 
 
 def test_perceptual_hashes_of_flat_and_simple_images() -> None:
-    from emo8.imaging import SIGNAL_SIDE, perceptual_hashes
+    from emo8.core.imaging import SIGNAL_SIDE, perceptual_hashes
 
     flat = np.full((SIGNAL_SIDE, SIGNAL_SIDE), 128.0)
     assert perceptual_hashes(flat) == ("8000000000000000", "0000000000000000")  # the DC term alone

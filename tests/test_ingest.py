@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.demo import run as run_demo
-from emo8.download import DownloadConfig
-from emo8.ingest import IngestOptions, ingest
-from emo8.sources import create_source
+from emo8.ingest.download import DownloadConfig
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
+from emo8.pipeline.demo import run as run_demo
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from httpfixtures import LoopbackServer, respond
 from PIL import Image
 
 from emo8 import Workspace
-from emo8.catalog import ItemOutcome, OriginRecord, item_id_for
-from emo8.download import DownloadConfig
-from emo8.imaging import ValidationConfig
-from emo8.ingest import IngestOptions, Spooled, check_and_store, ingest, spool
-from emo8.sources import create_source
+from emo8.core.catalog import ItemOutcome, OriginRecord, item_id_for
+from emo8.core.imaging import ValidationConfig
+from emo8.ingest.download import DownloadConfig
+from emo8.ingest.run import IngestOptions, Spooled, check_and_store, ingest, spool
+from emo8.ingest.sources import create_source
 
 
 def _jpeg(seed: int) -> bytes:

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.ingest import IngestOptions, ingest
-from emo8.people import (
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
+from emo8.label.people import (
     BACKEND_CHOICES,
     DEFAULT_BACKEND,
     DetectConfig,
@@ -31,7 +32,6 @@ from emo8.people import (
     nms,
     person_from_face,
 )
-from emo8.sources import create_source
 
 runner = CliRunner()
 SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples" / "images"
@@ -204,7 +204,7 @@ needs_mtcnn = pytest.mark.skipif(not importlib.util.find_spec("facenet_pytorch")
 
 
 def _rgb(name: str) -> np.ndarray:
-    from emo8.imaging import load_rgb
+    from emo8.core.imaging import load_rgb
 
     return np.asarray(load_rgb(SAMPLES / name, max_side=640))
 

@@ -26,12 +26,12 @@ from dedupfixtures import ingest_folder
 from httpfixtures import Handler, LoopbackServer, delayed, distinct_jpegs, redirect, respond, sequence, stall
 
 from emo8 import Workspace
-from emo8.catalog import SIGNAL_COLUMNS
-from emo8.download import DownloadConfig
-from emo8.embed import EmbedConfig, embed, load_embeddings
-from emo8.executor import ExecutorConfig, ExecutorError, get_executor
-from emo8.ingest import IngestOptions, ingest
-from emo8.sources import create_source
+from emo8.core.catalog import SIGNAL_COLUMNS
+from emo8.core.executor import ExecutorConfig, ExecutorError, get_executor
+from emo8.embed.run import EmbedConfig, embed, load_embeddings
+from emo8.ingest.download import DownloadConfig
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 psutil = pytest.importorskip("psutil")
@@ -276,7 +276,7 @@ def test_ray_embeddings_equal_the_local_ones_bit_for_bit_and_stay_incremental(
 def test_ray_person_detection_stores_what_the_local_one_stores(
     tmp_path: Path, sample_paths: list[Path]
 ) -> None:
-    from emo8.people import DetectConfig, detect_people, detections
+    from emo8.label.people import DetectConfig, detect_people, detections
 
     folder = tmp_path / "in"
     folder.mkdir()

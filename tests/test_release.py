@@ -16,12 +16,19 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.curation import LabelPolicy
-from emo8.ingest import IngestOptions, ingest
-from emo8.release import FEATURE_DOCS, NothingToRelease, ReleaseConfig, ReleaseError, held_back_text, release
-from emo8.sources import create_source
-from emo8.takedown import TakedownRequest, take_down
-from emo8.taxonomy import EMOTIONS
+from emo8.core.curation import LabelPolicy
+from emo8.core.takedown import TakedownRequest, take_down
+from emo8.core.taxonomy import EMOTIONS
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
+from emo8.release.publish import (
+    FEATURE_DOCS,
+    NothingToRelease,
+    ReleaseConfig,
+    ReleaseError,
+    held_back_text,
+    release,
+)
 
 
 def _tree(root: Path) -> dict[str, str]:

@@ -13,14 +13,14 @@ from releasefixtures import *  # noqa: F403  (the workspace fixtures)
 from suggestfixtures import MODEL, category_labels, lite0_template, lite0_ws  # noqa: F401  (fixtures)
 
 from emo8 import Workspace
-from emo8.audit import AuditConfig, audit
-from emo8.dedup import DedupConfig, dedup
-from emo8.ingest import IngestOptions, ingest
-from emo8.reporting import ChartError, figure, item_name, missing_labels, png
-from emo8.sources import create_source
-from emo8.suggest import SuggestConfig, suggest
-from emo8.suggest_report import render
-from emo8.taxonomy import EMOTIONS
+from emo8.core.reporting import ChartError, figure, item_name, missing_labels, png
+from emo8.core.taxonomy import EMOTIONS
+from emo8.dedup.tiers import DedupConfig, dedup
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
+from emo8.label.suggest import SuggestConfig, suggest
+from emo8.label.suggest_report import render
+from emo8.release.audit import AuditConfig, audit
 
 HASH = re.compile(r"\b[0-9a-f]{64}\b")
 NAN = re.compile(r"\bnan(x)?\b", re.IGNORECASE)

@@ -113,7 +113,7 @@ EMBED_SETTINGS = {"device": "cpu", "workers": 0, "batch_size": 2, "shard_size": 
 EMBED_RUN = """
 import json, sys
 from emo8 import Workspace
-from emo8.embed import EmbedConfig, embed
+from emo8.embed.run import EmbedConfig, embed
 embed(Workspace.open(sys.argv[1]), EmbedConfig(**json.loads(sys.argv[2])))
 """
 DETECT_SETTINGS = {"backend": "opencv-hog", "batch_size": 2, "max_side": 512, "workers": 1, "progress": False}
@@ -121,15 +121,15 @@ DETECT_SETTINGS = {"backend": "opencv-hog", "batch_size": 2, "max_side": 512, "w
 DETECT_RUN = """
 import json, sys
 from emo8 import Workspace
-from emo8.people import DetectConfig, detect_people
+from emo8.label.people import DetectConfig, detect_people
 summary = detect_people(Workspace.open(sys.argv[1]), DetectConfig(**json.loads(sys.argv[2])))
 print(summary.processed, summary.already)
 """
 
 
 def _ingested(root: Path, sample_paths: list[Path], count: int) -> Workspace:
-    from emo8.ingest import IngestOptions, ingest
-    from emo8.sources import create_source
+    from emo8.ingest.run import IngestOptions, ingest
+    from emo8.ingest.sources import create_source
 
     folder = root / "images"
     folder.mkdir(parents=True)
@@ -176,7 +176,7 @@ def _by_name(ws: Workspace, ids: list[str]) -> list[str]:
 def test_embed_killed_mid_run_then_rerun_equals_an_uninterrupted_run(
     tmp_path: Path, sample_paths: list[Path]
 ) -> None:
-    from emo8.embed import MANIFEST, EmbedConfig, EmbeddingStore, embed, load_embeddings
+    from emo8.embed.run import MANIFEST, EmbedConfig, EmbeddingStore, embed, load_embeddings
 
     killed = _ingested(tmp_path / "killed", sample_paths, 16)
     straight = _ingested(tmp_path / "straight", sample_paths, 16)
@@ -213,7 +213,7 @@ def test_embed_killed_mid_run_then_rerun_equals_an_uninterrupted_run(
 def test_detect_people_killed_mid_run_then_rerun_equals_an_uninterrupted_run(
     tmp_path: Path, sample_paths: list[Path]
 ) -> None:
-    from emo8.people import DetectConfig, detect_people
+    from emo8.label.people import DetectConfig, detect_people
 
     killed = _ingested(tmp_path / "killed", sample_paths, 24)
     straight = _ingested(tmp_path / "straight", sample_paths, 24)

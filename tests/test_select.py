@@ -14,8 +14,15 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.selection import SelectConfig, SelectError, candidate_pool, k_center_greedy, select, uncertainty
-from emo8.taxonomy import EMOTIONS
+from emo8.core.taxonomy import EMOTIONS
+from emo8.label.selection import (
+    SelectConfig,
+    SelectError,
+    candidate_pool,
+    k_center_greedy,
+    select,
+    uncertainty,
+)
 
 runner = CliRunner()
 
@@ -84,7 +91,7 @@ def test_uncertainty_takes_the_smallest_margins_and_balanced_spreads_classes(
 ) -> None:
     ws, probs = suggested_ws
     pool = sorted(probs)[10:]
-    # computed here, not by emo8.selection: margin = best minus second-best probability, entropy in nats
+    # computed here, not by emo8.label.selection: margin = best minus second-best probability, entropy in nats
     margins = {}
     for i in pool:
         best, second = sorted(probs[i].tolist(), reverse=True)[:2]
@@ -121,7 +128,7 @@ def test_open_rounds_are_excluded_until_aggregated(
     assert not set(r1.item_ids) & set(r2.item_ids) and r2.excluded["open_round"] == 10
     # pulled and aggregated: half settled (never again), half not (back in the pool) unless flagged or unclear
     from emo8.annotate.store import AnnotationStore
-    from emo8.catalog import utc_now
+    from emo8.core.catalog import utc_now
 
     ids = r1.item_ids
     reasons = [None] * 5 + ["tie", "too_few_votes", "low_agreement", "unclear", "flagged_broken"]
@@ -177,7 +184,7 @@ def test_k_center_greedy_covers_every_cluster_before_repeating_one() -> None:
 def test_diverse_selection_is_spread_out_in_embedding_space(
     suggested_ws: tuple[Workspace, dict[str, np.ndarray]],
 ) -> None:
-    from emo8.suggest import load_embeddings
+    from emo8.label.suggest import load_embeddings
 
     ws, _ = suggested_ws
     ids, matrix = load_embeddings(ws, "efficientnet-lite0")

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from httpfixtures import LoopbackServer
 
-from emo8.catalog import OriginRecord
-from emo8.sources import SourceError, create_source, read_local
-from emo8.sources.openverse import spdx_license
-from emo8.taxonomy import EMOTIONS
+from emo8.core.catalog import OriginRecord
+from emo8.core.taxonomy import EMOTIONS
+from emo8.ingest.sources import SourceError, create_source, read_local
+from emo8.ingest.sources.openverse import spdx_license
 
 
 def _records(name: str, **options: Any) -> list[OriginRecord]:

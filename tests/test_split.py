@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.curation import dedup_pairs
-from emo8.ingest import IngestOptions, ingest
-from emo8.sources import create_source
-from emo8.split import (
+from emo8.core.curation import dedup_pairs
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
+from emo8.release.split import (
     SPLITS,
     SplitConfig,
     SplitError,

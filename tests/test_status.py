@@ -11,12 +11,12 @@ from releasefixtures import *  # noqa: F403  (the workspace fixtures)
 from typer.testing import CliRunner
 
 from emo8 import Workspace
-from emo8.audit import AuditConfig, audit
-from emo8.catalog import ITEM_COLUMNS
 from emo8.cli import app
-from emo8.release import ReleaseConfig, release
-from emo8.status import workspace_status
-from emo8.workspace import WorkspaceError
+from emo8.core.catalog import ITEM_COLUMNS
+from emo8.core.workspace import WorkspaceError
+from emo8.pipeline.status import workspace_status
+from emo8.release.audit import AuditConfig, audit
+from emo8.release.publish import ReleaseConfig, release
 
 NAN = re.compile(r"\bnan(x)?\b", re.IGNORECASE)
 runner = CliRunner()
@@ -131,7 +131,7 @@ def test_progress_bars_show_on_a_terminal_and_nest(
 
     from rich.console import Console
 
-    from emo8 import progress
+    from emo8.core import progress
 
     screen = io.StringIO()
     monkeypatch.setattr(progress, "_CONSOLE", Console(file=screen, force_terminal=True, width=120))

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.encoders import EncoderSpec, load_encoder
-from emo8.suggest import (
+from emo8.core.taxonomy import EMOTIONS, prompts
+from emo8.embed.encoders import EncoderSpec, load_encoder
+from emo8.label.suggest import (
     KnnSource,
     SourceContext,
     SuggestConfig,
@@ -36,7 +37,6 @@ from emo8.suggest import (
     softmax,
     suggest,
 )
-from emo8.taxonomy import EMOTIONS, prompts
 
 runner = CliRunner()
 
@@ -211,9 +211,9 @@ def test_calibration_lowers_ece_of_overconfident_sources_on_held_out_items() -> 
 def test_suggest_is_incremental(
     lite0_ws: Workspace, sample_rows: list[dict[str, str]], sample_paths: list[Path], tmp_path: Path
 ) -> None:
-    from emo8.embed import EmbedConfig, embed
-    from emo8.ingest import IngestOptions, ingest
-    from emo8.sources import create_source
+    from emo8.embed.run import EmbedConfig, embed
+    from emo8.ingest.run import IngestOptions, ingest
+    from emo8.ingest.sources import create_source
 
     labels = category_labels(lite0_ws, sample_rows)
     first = dict(list(labels.items())[::2])
@@ -315,9 +315,9 @@ def _save_weights(key: str, seed: int, path: Path) -> Path:
 def test_zero_shot_runs_through_the_stage_without_labels(
     ws: Workspace, sample_paths: list[Path], tmp_path: Path, tiny_clip: str
 ) -> None:
-    from emo8.embed import EmbedConfig, embed
-    from emo8.ingest import IngestOptions, ingest
-    from emo8.sources import create_source
+    from emo8.embed.run import EmbedConfig, embed
+    from emo8.ingest.run import IngestOptions, ingest
+    from emo8.ingest.sources import create_source
 
     incoming = tmp_path / "in"
     incoming.mkdir()
@@ -360,9 +360,9 @@ def test_text_tower_must_be_the_one_that_computed_the_embeddings(
 ) -> None:
     """Embeddings from a weights file: the same file is accepted, another file (other weights) and random weights
     are refused, and nothing is written by a refused run."""
-    from emo8.embed import EmbedConfig, embed
-    from emo8.ingest import IngestOptions, ingest
-    from emo8.sources import create_source
+    from emo8.embed.run import EmbedConfig, embed
+    from emo8.ingest.run import IngestOptions, ingest
+    from emo8.ingest.sources import create_source
 
     incoming = tmp_path / "in"
     incoming.mkdir()

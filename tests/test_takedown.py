@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from emo8 import Workspace
 from emo8.cli import app
-from emo8.ingest import IngestOptions, ingest
-from emo8.release import ReleaseConfig, release
-from emo8.sources import create_source
-from emo8.takedown import TakedownError, TakedownRequest, enforce, records, take_down
+from emo8.core.takedown import TakedownError, TakedownRequest, enforce, records, take_down
+from emo8.ingest.run import IngestOptions, ingest
+from emo8.ingest.sources import create_source
+from emo8.release.publish import ReleaseConfig, release
 
 
 def _label_everything(ws: Workspace) -> None:

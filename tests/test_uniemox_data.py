@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from emo8.taxonomy import EMOTIONS
+from emo8.core.taxonomy import EMOTIONS
 from uniemox.data import (
     MAX_PERSON_JITTER,
     PAD_RGB,
@@ -333,7 +333,7 @@ def test_sampler_splits_each_global_batch_across_ranks_and_resumes() -> None:
 
 
 def test_detected_boxes_are_cached_once_and_merged(hf_dir: Path, tmp_path: Path) -> None:
-    from emo8.people import DetectConfig, create_detector
+    from emo8.label.people import DetectConfig, create_detector
     from uniemox.detect import detect_persons
     from uniemox.train import _merge_detected_boxes
 

@@ -21,7 +21,7 @@ from finetunefixtures import (
 )
 from typer.testing import CliRunner
 
-from emo8.taxonomy import EMOTIONS
+from emo8.core.taxonomy import EMOTIONS
 from uniemox.benchmarks import (
     BENCHMARKS,
     POLARITY_CLASSES,
@@ -468,7 +468,7 @@ def test_two_process_gloo_matches_one_process(tmp_path: Path) -> None:
 def test_uniemox_checkpoint_is_an_emo8_encoder(separable_run: tuple[Path, Path], tmp_path: Path) -> None:
     from PIL import Image
 
-    from emo8.encoders import EncoderSpec, WeightsError, load_encoder
+    from emo8.embed.encoders import EncoderSpec, WeightsError, load_encoder
 
     data, run = separable_run
     enc = load_encoder(EncoderSpec(f"uniemox:{run / 'best.pt'}", device="cpu"))

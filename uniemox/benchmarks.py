@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from emo8.taxonomy import EMOTIONS, NEGATIVE, POSITIVE
+from emo8.core.taxonomy import EMOTIONS, NEGATIVE, POSITIVE
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 SPLIT_NAMES = ("train", "val", "test")

@@ -3,7 +3,7 @@ a head, built from any checkpoint flavour; saved and reloaded as one self-descri
 
 Backbones (:data:`BACKBONES`): ``vit`` is the MAE ViT of :mod:`uniemox.models` (its ``PatchEmbed`` and ``Block``),
 with MAE's fine-tuning pooling (global average pool -> ``fc_norm``) or the CLS token (-> ``norm``), drop-path and
-per-layer ids for layer-wise lr decay; ``timm`` and ``open_clip`` wrap :func:`emo8.encoders.load_encoder`, so
+per-layer ids for layer-wise lr decay; ``timm`` and ``open_clip`` wrap :func:`emo8.embed.encoders.load_encoder`, so
 ImageNet backbones, EfficientNet-Lite0 and CLIP visual towers run through the same commands.
 
 ``--init`` takes a file or an encoder key:
@@ -141,11 +141,11 @@ class ViTBackbone(Backbone):
 
 
 class EncoderBackbone(Backbone):
-    """A timm model or an open_clip visual tower loaded through :mod:`emo8.encoders` (one layer for lr decay)."""
+    """A timm model or an open_clip visual tower loaded through :mod:`emo8.embed.encoders` (one layer for lr decay)."""
 
     def __init__(self, key: str, weights: str | None, random_init: bool) -> None:
         super().__init__()
-        from emo8.encoders import EncoderKeyError, EncoderSpec, WeightsError, load_encoder
+        from emo8.embed.encoders import EncoderKeyError, EncoderSpec, WeightsError, load_encoder
 
         try:
             enc = load_encoder(EncoderSpec(key, weights=weights, random_init=random_init, device="cpu"))

@@ -1,7 +1,7 @@
 """``uniemox`` command line: pretrain, detect-persons, export-encoder, models.
 
 Other modules add commands to :data:`app` (import it, decorate with ``@app.command(...)``). Errors reach the user as
-one paragraph with the exit codes of ``emo8`` (see :data:`emo8.cli_common.EXIT_CODES`): wrap a command's work in
+one paragraph with the exit codes of ``emo8`` (see :data:`emo8.cli.common.EXIT_CODES`): wrap a command's work in
 ``with exit_on(*USAGE_ERRORS, *RUNTIME_ERRORS):``.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from emo8.cli_common import (
+from emo8.cli.common import (
     DEFAULT_WORKERS,
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -185,12 +185,12 @@ def detect_persons_cmd(
     threshold: Annotated[float | None, typer.Option(help="Minimum score (default: the backend's).")] = None,
 ) -> None:
     """Detect people once, with `emo8 detect-people`'s detectors, in images without person_boxes; cache the boxes."""
-    from emo8.people import DEFAULT_BACKEND, DetectConfig
+    from emo8.label.people import DEFAULT_BACKEND, DetectConfig
     from uniemox.data import open_source
     from uniemox.detect import detect_persons
 
     config = DetectConfig(backend=backend or DEFAULT_BACKEND, weights=weights, score_threshold=threshold)
-    with errors():  # emo8.people.DetectorError is a ValueError: exit 2
+    with errors():  # emo8.label.people.DetectorError is a ValueError: exit 2
         typer.echo(json.dumps(detect_persons(open_source(data, split), out, config=config)))
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from emo8.cli_common import Device
+from emo8.cli.common import Device
 
 PANEL = "Fine-tune and evaluate"
 

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from emo8.imaging import _orient, _orientation, _to_rgb
-from emo8.taxonomy import normalise_label
+from emo8.core.imaging import _orient, _orientation, _to_rgb
+from emo8.core.taxonomy import normalise_label
 from uniemox.prompts import EMO8_SCALES, EMOSET_SCALES, AttributeScales, ImageAttributes, build_prompt
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emo8.weights import HubUnavailable, require_hub
+from emo8.core.weights import HubUnavailable, require_hub
 
 #: The file that marks an Emo8 workspace, and the one that marks an Emo8 release directory.
 WORKSPACE_FILE = "emo8.json"

@@ -2,8 +2,8 @@
 
 An Emo8 release already carries the ``person_boxes`` that ``emo8 detect-people`` stored, and UniEmoX reads them from
 the release. ``uniemox detect-persons`` is for the other layouts (ImageFolder trees, EmoSet, Hugging Face datasets)
-and for release rows without boxes: it runs one backend of :data:`emo8.people.DETECTORS` (default
-:data:`emo8.people.DEFAULT_BACKEND`) once over the images without a box and writes
+and for release rows without boxes: it runs one backend of :data:`emo8.label.people.DETECTORS` (default
+:data:`emo8.label.people.DEFAULT_BACKEND`) once over the images without a box and writes
 ``{"detector": KEY, "count": N, "boxes": {"INDEX": [[x0, y0, x1, y1, score], ...]}}`` (original pixels, best box
 first, ``[]`` when nobody was found), which ``pretrain --person-boxes`` reads. The file is rewritten every
 ``save_every`` images, so a killed run resumes where it stopped; a file from another backend or another data set
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from emo8.people import DetectConfig, Detector, create_detector, scale_boxes
+from emo8.label.people import DetectConfig, Detector, create_detector, scale_boxes
 from uniemox.data import ImageSource, decode_for_crops, oriented_size
 
 BoxFn = Callable[[np.ndarray], list[list[float]]]
@@ -75,7 +75,7 @@ def detect_persons(
     out
         The JSON to write; an existing file of the same backend and data is resumed.
     detector
-        An :class:`emo8.people.Detector`, or a function RGB array -> boxes in its pixels; created from ``config``
+        An :class:`emo8.label.people.Detector`, or a function RGB array -> boxes in its pixels; created from ``config``
         when None.
     config
         Backend and settings (``backend``, ``weights``, ``score_threshold``, ``max_side``, ``device``).
@@ -89,7 +89,7 @@ def detect_persons(
 
     Raises
     ------
-    emo8.people.DetectorError
+    emo8.label.people.DetectorError
         Unknown backend, missing package or weights.
     ValueError
         ``out`` belongs to another backend or data set.

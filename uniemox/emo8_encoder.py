@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from emo8.encoders import Encoder, EncoderSpec
+    from emo8.embed.encoders import Encoder, EncoderSpec
 
 
 def load_uniemox_encoder(name: str, spec: EncoderSpec, device: torch.device) -> Encoder:
-    """The loader behind the ``uniemox`` family of :mod:`emo8.encoders` (``name`` = the checkpoint path)."""
-    from emo8.encoders import Encoder, EncoderKeyError, WeightsError, file_fingerprint
+    """The loader behind the ``uniemox`` family of :mod:`emo8.embed.encoders` (``name`` = the checkpoint path)."""
+    from emo8.embed.encoders import Encoder, EncoderKeyError, WeightsError, file_fingerprint
     from uniemox.classifier import InitError
     from uniemox.evaluate import embedding_backbone
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import emo8
-from emo8.taxonomy import EMOTIONS
+from emo8.core.taxonomy import EMOTIONS
 from uniemox.config import DataConfig, ModelConfig, OptimConfig, PretrainConfig, TeacherConfig
 
 SAMPLES = Path(emo8.__file__).parent / "samples"

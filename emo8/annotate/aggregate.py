@@ -32,9 +32,9 @@ import pandas as pd
 from emo8.annotate.errors import AnnotateError
 from emo8.annotate.labelconfig import CATEGORIES, FLAGS, NONE
 from emo8.annotate.store import AnnotationStore
-from emo8.catalog import utc_now
-from emo8.taxonomy import EMOTIONS
-from emo8.workspace import Workspace
+from emo8.core.catalog import utc_now
+from emo8.core.taxonomy import EMOTIONS
+from emo8.core.workspace import Workspace
 
 #: Item columns written by :func:`aggregate` (documented in docs/catalog.md).
 LABEL_COLUMNS: dict[str, str] = {

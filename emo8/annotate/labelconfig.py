@@ -1,9 +1,9 @@
 """The Emo8 label config (``annotations/emo8.xml``) and guidelines (``annotations/guidelines.md``).
 
 The XML's choice *aliases* are the canonical codes that land in annotation results: the 8 emotions of
-:data:`emo8.taxonomy.EMOTIONS`, :data:`NONE` for "none / unclear", the :data:`FLAGS` and the styles of
-:data:`emo8.taxonomy.DOMAINS`. :class:`LabelConfig` reads the XML once and maps whatever a result carries (an alias,
-or a display value from an older config, in any case) back to those codes.
+:data:`emo8.core.taxonomy.EMOTIONS`, :data:`NONE` for "none / unclear", the :data:`FLAGS` and the styles of
+:data:`emo8.core.taxonomy.DOMAINS`. :class:`LabelConfig` reads the XML once and maps whatever a result
+carries (an alias, or a display value from an older config, in any case) back to those codes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emo8.annotate.errors import LabelConfigError
-from emo8.taxonomy import DOMAINS, EMOTIONS
+from emo8.core.taxonomy import DOMAINS, EMOTIONS
 
 #: Name of the image object tag and of the three control tags in the label config.
 IMAGE_NAME = "image"

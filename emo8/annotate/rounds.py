@@ -30,9 +30,9 @@ from emo8.annotate.errors import AnnotateError, RoundError, ServerUnavailable
 from emo8.annotate.export import ParsedTasks, load_export, parse_tasks
 from emo8.annotate.labelconfig import LabelConfig, guidelines_html
 from emo8.annotate.store import AnnotationStore, ReplaceSummary
-from emo8.catalog import utc_now
-from emo8.taxonomy import EMOTIONS, normalise_label
-from emo8.workspace import Workspace
+from emo8.core.catalog import utc_now
+from emo8.core.taxonomy import EMOTIONS, normalise_label
+from emo8.core.workspace import Workspace
 
 #: Item columns written by the suggestion stage that push turns into predictions.
 SUGGESTION_COLUMNS = ("suggested_label", "suggestion_probs", "suggestion_version")

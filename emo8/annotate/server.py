@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 
 from emo8.annotate.errors import ServerError, ServerUnavailable
-from emo8.workspace import Workspace
+from emo8.core.workspace import Workspace
 
 #: What ``pip`` installs into the Label Studio environment.
 LABEL_STUDIO_REQUIREMENT = "label-studio>=1.23,<2"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from emo8.catalog import Catalog, utc_now
+from emo8.core.catalog import Catalog, utc_now
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotation_rounds (

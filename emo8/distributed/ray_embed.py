@@ -5,7 +5,7 @@ one shorter) and sends one batch per row, so every actor encodes exactly the bat
 on CPU (with the driver's intra-op thread count, which CPU kernels' summation order depends on) the numbers
 are identical bit for bit. Each actor loads the encoder from its spec (``num_gpus=1`` per
 actor when the cluster has GPUs) and reads, decodes and preprocesses its batch with
-:func:`emo8.embed.encode_sources`; results stream back in order (``preserve_order``), at most a bounded number
+:func:`emo8.embed.run.encode_sources`; results stream back in order (``preserve_order``), at most a bounded number
 of batches ahead, and the driver writes the shards, their checksums and the id map exactly as the local path does.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 import ray
 import torch
 
-from emo8.embed import EmbedConfig, encode_sources
-from emo8.encoders import Encoder, EncoderSpec, load_encoder
+from emo8.embed.encoders import Encoder, EncoderSpec, load_encoder
+from emo8.embed.run import EmbedConfig, encode_sources
 
 
 class EncodeBatches:

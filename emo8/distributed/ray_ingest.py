@@ -2,11 +2,11 @@
 
 Politeness is enforced by partitioning: every host belongs to exactly one shard (a stable hash of the
 hostname), and a shard has at most one task running at any time (its chunks run one after the other), so the
-per-host concurrency, rate and ``Retry-After`` pauses of :mod:`emo8.download` hold across the whole cluster, as
+per-host concurrency, rate and ``Retry-After`` pauses of :mod:`emo8.ingest.download` hold across the whole cluster, as
 does robots.txt. A list with fewer hosts than shards deals each host over several shards whose per-host limits
 add up to the host's (see :func:`plan_shards`). Each task runs the same polite downloader (SSRF guard included)
-and the same :func:`emo8.ingest.check_and_store` as the local path, writing objects to the content-addressed store;
-only compact :class:`~emo8.catalog.ItemOutcome` rows travel back. The driver keeps at most one task per shard
+and the same :func:`emo8.ingest.run.check_and_store` as the local path, writing objects to the content-addressed store;
+only compact :class:`~emo8.core.catalog.ItemOutcome` rows travel back. The driver keeps at most one task per shard
 in flight (back-pressure: ``ray.wait`` on a bounded window) and commits through the local path's sink, so the
 catalog has one writer. A task whose worker dies is run again by Ray (content-addressed writes are
 idempotent); a killed driver leaves the unfinished items ``pending`` for the next run.
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import ray
 from yarl import URL
 
-from emo8.download import DownloadConfig, FetchRequest, fetch_stream
-from emo8.executor import ExecutorConfig
-from emo8.imaging import ValidationConfig
-from emo8.ingest import check_and_store, outcome_for, outcome_for_fetch_failure
-from emo8.workspace import ObjectStore
+from emo8.core.executor import ExecutorConfig
+from emo8.core.imaging import ValidationConfig
+from emo8.core.workspace import ObjectStore
+from emo8.ingest.download import DownloadConfig, FetchRequest, fetch_stream
+from emo8.ingest.run import check_and_store, outcome_for, outcome_for_fetch_failure
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -37,12 +37,12 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from emo8.catalog import ItemOutcome
-    from emo8.embed import EmbedConfig
-    from emo8.encoders import Encoder
-    from emo8.ingest import IngestOptions, OutcomeSink
-    from emo8.people import DetectConfig, Detector, RowResult
-    from emo8.workspace import Workspace
+    from emo8.core.catalog import ItemOutcome
+    from emo8.core.workspace import Workspace
+    from emo8.embed.encoders import Encoder
+    from emo8.embed.run import EmbedConfig
+    from emo8.ingest.run import IngestOptions, OutcomeSink
+    from emo8.label.people import DetectConfig, Detector, RowResult
 
 #: One row of work: (item_id, url or None, local path or None).
 Row = tuple[str, str | None, str | None]
@@ -132,12 +132,12 @@ class DetectActor:
     """One detector per Ray actor (OpenCV detectors are not shared between threads)."""
 
     def __init__(self, config: DetectConfig, store: ObjectStore) -> None:
-        from emo8.people import create_detector
+        from emo8.label.people import create_detector
 
         self.detector, self.config, self.store = create_detector(config), config, store
 
     def detect(self, rows: list[Any]) -> list[RowResult]:
-        from emo8.people import detect_row
+        from emo8.label.people import detect_row
 
         return [detect_row(self.detector, self.store, self.config.max_side, row) for row in rows]
 

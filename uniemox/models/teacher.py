@@ -42,7 +42,7 @@ def load_open_clip(arch: str, pretrained: str, device: torch.device) -> tuple[nn
     """
     import open_clip
 
-    from emo8.weights import open_clip_hub_guard
+    from emo8.core.weights import open_clip_hub_guard
 
     if arch.endswith(".json"):
         if not Path(arch).is_file():

@@ -1,0 +1,393 @@
+"""Geometric verification of near-duplicate candidates: local features + RANSAC, as copy-detection systems do.
+
+A candidate pair (from a loose pHash radius or an embedding top-k) is a duplicate when one image can be mapped onto
+the other by a plausible 2-D transform that many local features agree on:
+
+1. **Features** (:func:`extract`): SIFT keypoints (OpenCV) on the greyscale image resized to ``max_side`` on its
+   long side (small images are enlarged, large ones reduced: both sides of a pair are compared at one scale), with
+   RootSIFT descriptors. Mirrored copies are handled by also matching against the features of the mirrored image
+   (computed only when the direct match fails).
+2. **Matching** (:func:`match`): nearest neighbours with Lowe's ratio test, then an affine transform (rotation,
+   scale, shear, translation: crops, pads, rotations, stretches and screenshots) fitted by RANSAC.
+3. **Decision**: at least ``min_inliers`` inliers; a sane transform (no reflection, scales within ``max_scale``,
+   anisotropy within ``max_anisotropy``); and the inliers must account for a share (``min_overlap_ratio``) of
+   the keypoints that lie in the region both images show, and that region must hold most (``min_coverage``) of
+   one image's keypoints. The overlap rule separates a copy (most of what both show agrees) from two different
+   pictures in the same frame or template, or with the same caption or watermark (only the shared part agrees);
+   the coverage rule separates a crop (wholly inside its original) from two neighbouring tiles of one picture.
+
+Cost is bounded by the caller (only grey-zone candidates, at most ``k`` per item); :func:`verify_pairs` runs the
+pairs in a process pool, each worker caching the features of the images it has seen (an LRU of
+``cache_items`` images), and reports pairs/s.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import cv2
+import numpy as np
+
+from emo8.core.imaging import load_rgb
+from emo8.ingest.sources import read_local
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Thresholds and cost bounds of geometric verification.
+
+    Parameters
+    ----------
+    max_side
+        Long side (pixels) of the greyscale image the features are computed on.
+    features
+        Most SIFT keypoints kept per image (the strongest).
+    contrast
+        SIFT's contrast threshold (lower finds more keypoints on flat clip-art).
+    ratio
+        Lowe's ratio test: best match distance < ``ratio`` x second best.
+    reprojection
+        RANSAC inlier threshold, as a fraction of ``max_side``.
+    min_inliers, min_inliers_sparse
+        Fewest RANSAC inliers of a verified pair: ``min_inliers``, or, between two images of which one has few
+        keypoints (plain clip-art, icons), ``sparse_share`` of that image's keypoints but at least
+        ``min_inliers_sparse``.
+    min_overlap_ratio
+        Inliers / keypoints inside the region both images show (the smaller of the two sides' counts).
+    min_coverage
+        The region both images show must hold at least this share of one image's keypoints (a crop lies wholly
+        inside its original; two tiles of one painting that merely share an edge do not).
+    min_centre_ratio, min_centre_keypoints
+        In the central box (the middle half of width and height) of each image, inliers must make up this share
+        of the sparser side's keypoints there (when it holds ``min_centre_keypoints`` or more), and a box with
+        that many keypoints must hold at least one inlier: a copy agrees in its middle (captions, borders,
+        watermarks and pads sit at the edges), two pictures in one card, frame or app-screenshot template agree
+        only around it.
+    max_scale, max_anisotropy
+        Plausible transforms only: each axis scaled by at most ``max_scale`` (or 1 / ``max_scale``), and the
+        two singular values within a factor ``max_anisotropy`` of each other.
+    mirror
+        Also try the mirrored image when the direct match fails.
+    min_keypoints, decisive_keypoints
+        Images with fewer than ``min_keypoints`` keypoints (flat colours, tiny icons) cannot be verified: the pair
+        is ``undecided``. A pair whose sparser image has fewer than ``decisive_keypoints`` can be verified but not
+        rejected: when it fails it is ``undecided`` too (the caller's cosine fallback decides).
+    k
+        Candidates verified per item (the most similar ones).
+    workers
+        Processes of the verification pool (0 or 1: in this process; :mod:`emo8.dedup.tiers` replaces 0 by its own
+        ``workers``).
+    cache_items
+        Images whose features each process keeps.
+    max_pairs
+        Most grey-zone candidates verified in one run (0: all); the most similar ones are kept. At about 60-75
+        pairs/s on 2 cores, 200,000 pairs take about 50 minutes.
+    """
+
+    max_side: int = 320
+    features: int = 600
+    contrast: float = 0.02
+    ratio: float = 0.8
+    reprojection: float = 0.02
+    min_inliers: int = 10
+    min_inliers_sparse: int = 6
+    sparse_share: float = 0.3
+    min_overlap_ratio: float = 0.12
+    min_coverage: float = 0.5
+    min_centre_ratio: float = 0.06
+    min_centre_keypoints: int = 8
+    max_scale: float = 8.0
+    max_anisotropy: float = 2.5
+    mirror: bool = True
+    min_keypoints: int = 12
+    decisive_keypoints: int = 40
+    k: int = 8
+    workers: int = 0
+    cache_items: int = 512
+    max_pairs: int = 0
+
+
+@dataclass(frozen=True)
+class Features:
+    """Keypoint positions (``(n, 2)`` float32, in the resized image), RootSIFT descriptors and the image size."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass(frozen=True)
+class Match:
+    """The verdict on one pair: ``verified`` or not, or ``undecided`` (too few keypoints on a side)."""
+
+    verified: bool
+    inliers: int = 0
+    matches: int = 0
+    overlap_ratio: float = 0.0
+    mirrored: bool = False
+    undecided: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SIFT: Any = None
+
+
+def _sift(n: int, contrast: float) -> Any:
+    global _SIFT
+    if _SIFT is None or _SIFT.getNFeatures() != n or _SIFT.getContrastThreshold() != contrast:
+        _SIFT = cv2.SIFT_create(nfeatures=n, contrastThreshold=contrast)  # type: ignore[attr-defined]
+    return _SIFT
+
+
+def grey(source: bytes | str, max_side: int) -> np.ndarray:
+    """Decode ``source`` (bytes or path) as the project does and return a ``uint8`` greyscale image whose long
+    side is ``max_side``."""
+    image = load_rgb(source, max_side=max(max_side * 2, 64)).convert("L")
+    w, h = image.size
+    scale = max_side / max(w, h)
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    arr = np.asarray(image, dtype=np.uint8)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return cv2.resize(arr, size, interpolation=interpolation)
+
+
+def extract(image: np.ndarray, config: VerifyConfig = VerifyConfig()) -> Features:
+    """SIFT keypoints and RootSIFT descriptors of a greyscale ``uint8`` image (see :func:`grey`)."""
+    keypoints, desc = _sift(config.features, config.contrast).detectAndCompute(image, None)
+    h, w = image.shape[:2]
+    if desc is None or not keypoints:
+        return Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32), (w, h))
+    desc = desc.astype(np.float32)
+    desc /= np.maximum(desc.sum(axis=1, keepdims=True), 1e-7)  # RootSIFT: L1-normalise, square root
+    desc = np.sqrt(desc)
+    points = np.array([k.pt for k in keypoints], np.float32)
+    return Features(points, desc, (w, h))
+
+
+def mirrored(image: np.ndarray, config: VerifyConfig = VerifyConfig()) -> Features:
+    """Features of the left-right mirrored ``image`` (in the mirrored image's coordinates, so that a mirrored copy
+    maps onto them by a proper, reflection-free transform)."""
+    return extract(np.ascontiguousarray(image[:, ::-1]), config)
+
+
+def _ratio_matches(a: Features, b: Features, ratio: float) -> np.ndarray:
+    """``(m, 2)`` index pairs of ``a`` and ``b`` passing the ratio test (mutually best in one direction)."""
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros((0, 2), np.int64)
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    knn = matcher.knnMatch(a.descriptors, b.descriptors, k=2)
+    out = [
+        (m[0].queryIdx, m[0].trainIdx) for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance
+    ]
+    if not out:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.array(out, np.int64)
+    _, first = np.unique(pairs[:, 1], return_index=True)  # one query per train keypoint
+    return pairs[np.sort(first)]
+
+
+def _inside(points: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Which ``points`` land inside an image of ``size`` under the affine ``matrix``."""
+    mapped = points @ matrix[:, :2].T + matrix[:, 2]
+    w, h = size
+    return (mapped[:, 0] >= 0) & (mapped[:, 0] < w) & (mapped[:, 1] >= 0) & (mapped[:, 1] < h)
+
+
+def _centre(
+    points: np.ndarray, size: tuple[int, int], shared: np.ndarray, inliers: np.ndarray
+) -> tuple[int, int]:
+    """Keypoints in the central box (the middle half of width and height) that lie in the shared region, and how
+    many of them are inliers."""
+    w, h = size
+    x, y = points[:, 0], points[:, 1]
+    box = shared & (x >= 0.25 * w) & (x <= 0.75 * w) & (y >= 0.25 * h) & (y <= 0.75 * h)
+    return int(box.sum()), int(box[inliers].sum())
+
+
+def _fit(a: Features, b: Features, config: VerifyConfig) -> Match:
+    pairs = _ratio_matches(a, b, config.ratio)
+    need = min(
+        config.min_inliers,
+        max(config.min_inliers_sparse, math.ceil(config.sparse_share * min(len(a), len(b)))),
+    )
+    if len(pairs) < need:
+        return Match(False, 0, len(pairs))
+    src, dst = a.points[pairs[:, 0]], b.points[pairs[:, 1]]
+    threshold = config.reprojection * config.max_side
+    matrix, mask = cv2.estimateAffine2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=threshold, maxIters=2000, confidence=0.995
+    )
+    if matrix is None or mask is None:
+        return Match(False, 0, len(pairs))
+    inliers = int(mask.sum())
+    linear = matrix[:, :2]
+    singular = np.linalg.svd(linear, compute_uv=False)
+    plausible = (
+        np.linalg.det(linear) > 0
+        and singular[-1] > 1.0 / config.max_scale
+        and singular[0] < config.max_scale
+        and singular[0] / max(singular[-1], 1e-9) <= config.max_anisotropy
+    )
+    if not plausible:
+        return Match(False, inliers, len(pairs))
+    # keypoints of each side inside the region the other side shows too
+    inverse = cv2.invertAffineTransform(matrix)
+    in_a = int(_inside(a.points, matrix, b.size).sum())
+    in_b = int(_inside(b.points, inverse, a.size).sum())
+    overlap_ratio = inliers / max(1, min(in_a, in_b))
+    coverage = max(in_a / max(1, len(a)), in_b / max(1, len(b)))
+    inlier = mask.ravel().astype(bool)
+    box_a, hit_a = _centre(a.points, a.size, _inside(a.points, matrix, b.size), pairs[inlier, 0])
+    box_b, hit_b = _centre(b.points, b.size, _inside(b.points, inverse, a.size), pairs[inlier, 1])
+    fewer = min(box_a, box_b)  # the sparser side bounds what can match (a blurred or small copy)
+    centre = 1.0 if fewer < config.min_centre_keypoints else min(hit_a, hit_b) / fewer
+    if (box_a >= config.min_centre_keypoints and hit_a == 0) or (
+        box_b >= config.min_centre_keypoints and hit_b == 0
+    ):
+        centre = 0.0  # the middle of one image has keypoints and none of them agrees
+    verified = (
+        inliers >= need
+        and overlap_ratio >= config.min_overlap_ratio
+        and coverage >= config.min_coverage
+        and centre >= config.min_centre_ratio
+    )
+    return Match(verified, inliers, len(pairs), round(float(overlap_ratio), 4))
+
+
+def match(a: Features, b: Features, config: VerifyConfig = VerifyConfig(),
+          b_mirrored: Callable[[], Features] | None = None) -> Match:  # fmt: skip
+    """Verify one pair; ``b_mirrored`` (lazily) gives the features of ``b`` mirrored, tried when the direct
+    match fails and ``config.mirror`` is set."""
+    if len(a) < config.min_keypoints or len(b) < config.min_keypoints:
+        return Match(False, undecided=True)
+    sparse = min(len(a), len(b)) < config.decisive_keypoints
+    direct = _fit(a, b, config)
+    if direct.verified or not config.mirror or b_mirrored is None:
+        return direct if direct.verified or not sparse else replace(direct, undecided=True)
+    flipped = _fit(a, b_mirrored(), config)
+    if flipped.verified:
+        return Match(True, flipped.inliers, flipped.matches, flipped.overlap_ratio, mirrored=True)
+    best = direct if direct.inliers >= flipped.inliers else replace(flipped, mirrored=True)
+    return replace(best, undecided=sparse)
+
+
+# -- pairs in a pool ------------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """Features (and mirrored features) per source, computed on first use, at most ``config.cache_items`` kept."""
+
+    def __init__(self, config: VerifyConfig, read: Callable[[str], bytes | str] = read_local) -> None:
+        self.config = config
+        self.read = read
+        self._get = functools.lru_cache(maxsize=config.cache_items)(self._compute)
+        self._get_mirrored = functools.lru_cache(maxsize=config.cache_items)(self._compute_mirrored)
+
+    def _image(self, source: str) -> np.ndarray | None:
+        try:
+            return grey(self.read(source), self.config.max_side)
+        except Exception:  # unreadable bytes: the pair stays undecided, never fatal
+            return None
+
+    def _compute(self, source: str) -> Features | None:
+        image = self._image(source)
+        return None if image is None else extract(image, self.config)
+
+    def _compute_mirrored(self, source: str) -> Features | None:
+        image = self._image(source)
+        return None if image is None else mirrored(image, self.config)
+
+    def features(self, source: str) -> Features | None:
+        return self._get(source)
+
+    def match(self, a: str, b: str) -> Match:
+        fa, fb = self._get(a), self._get(b)
+        if fa is None or fb is None:
+            return Match(False, undecided=True)
+
+        def lazy() -> Features:
+            flipped = self._get_mirrored(b)
+            return flipped if flipped is not None else fb
+
+        return match(fa, fb, self.config, lazy)
+
+
+_WORKER_CACHE: FeatureCache | None = None
+
+
+def _verify_chunk(
+    job: tuple[VerifyConfig, Callable[[str], bytes | str], list[tuple[str, str]]],
+) -> list[Match]:
+    global _WORKER_CACHE
+    config, read, pairs = job
+    if _WORKER_CACHE is None or _WORKER_CACHE.config != config or _WORKER_CACHE.read is not read:
+        _WORKER_CACHE = FeatureCache(config, read)
+    return [_WORKER_CACHE.match(a, b) for a, b in pairs]
+
+
+@dataclass
+class Verified:
+    """Results of :func:`verify_pairs`, one entry per input pair."""
+
+    verified: np.ndarray
+    undecided: np.ndarray
+    inliers: np.ndarray
+    overlap_ratio: np.ndarray
+    mirrored: np.ndarray
+    seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pairs_per_second(self) -> float:
+        return len(self.verified) / self.seconds if self.seconds > 0 else 0.0
+
+
+def verify_pairs(
+    pairs: Sequence[tuple[str, str]],
+    config: VerifyConfig = VerifyConfig(),
+    read: Callable[[str], bytes | str] = read_local,
+    chunk: int = 48,
+) -> Verified:
+    """Verify ``(source a, source b)`` pairs (paths or ``read_local`` locators) in ``config.workers`` processes.
+
+    Pairs are processed in chunks of ``chunk`` in the given order, so sorting them by their first source lets a
+    worker reuse its cached features. ``read`` must be picklable (a module-level function) when ``workers > 1``.
+    """
+    started = time.perf_counter()
+    jobs = [(config, read, list(pairs[s : s + chunk])) for s in range(0, len(pairs), chunk)]
+    results: list[Match] = []
+    if config.workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(config.workers) as pool:
+            for part in pool.map(_verify_chunk, jobs):
+                results.extend(part)
+    else:
+        for job in jobs:
+            results.extend(_verify_chunk(job))
+    out = Verified(
+        verified=np.array([m.verified for m in results], bool),
+        undecided=np.array([m.undecided for m in results], bool),
+        inliers=np.array([m.inliers for m in results], np.int32),
+        overlap_ratio=np.array([m.overlap_ratio for m in results], np.float32),
+        mirrored=np.array([m.mirrored for m in results], bool),
+        seconds=time.perf_counter() - started,
+    )
+    out.stats = {
+        "pairs": len(results),
+        "verified": int(out.verified.sum()),
+        "undecided": int(out.undecided.sum()),
+        "seconds": round(out.seconds, 3),
+        "pairs_per_second": round(out.pairs_per_second, 1),
+        "workers": config.workers,
+    }
+    return out

@@ -1,0 +1,462 @@
+"""Ingest: register a source's records, then fetch, validate and store every pending item.
+
+The pieces, each behind one function: a source yields records (emo8.ingest.sources), the catalog registers them
+(every row accounted for before any byte is fetched), the downloader or :func:`~emo8.ingest.sources.read_local` gets the
+bytes, :func:`~emo8.core.imaging.inspect_image` validates them in a process pool (one decode each), the workspace stores
+valid bytes content-addressed, and outcomes are committed in batches, each batch one transaction. A killed run
+leaves the unfinished items ``pending``; the next run picks them up, so every origin ends up recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from emo8.core.catalog import SIGNAL_COLUMNS, ItemOutcome, OriginRecord
+from emo8.core.executor import ExecutorConfig, get_executor
+from emo8.core.imaging import ImageInfo, ValidationConfig, inspect_image
+from emo8.core.takedown import enforce
+from emo8.core.workspace import ObjectStore, Workspace
+from emo8.ingest.download import DownloadConfig, FetchRequest, FetchResult, fetch_stream
+from emo8.ingest.sources import Source, read_local
+
+#: Fetch failures that are a site's policy (or our SSRF guard), not an error: recorded as ``skipped``.
+POLICY_REASONS = frozenset({"robots_txt", "x_robots_tag", "private_address"})
+#: Failed or invalid items an :class:`IngestSummary` names one by one (all of them are counted).
+FAILURES_NAMED = 5
+
+
+@dataclass
+class IngestOptions:
+    """How to fetch and validate: ``workers`` decode processes, each sent ``batch_size`` images at a time;
+    outcomes are committed every ``commit_every`` items (one transaction each)."""
+
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    workers: int = max(1, os.cpu_count() or 1)
+    commit_every: int = 256
+    batch_size: int = 16
+    retry_failed: bool = False
+    register_chunk: int = 5000
+    progress: bool = True
+    #: where fetching and validation run (:mod:`emo8.core.executor`); the catalog is always written here
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest run did."""
+
+    source: str
+    new: int = 0
+    known: int = 0
+    processed: int = 0
+    merged: int = 0
+    bytes_stored: int = 0
+    taken_down: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    #: The first :data:`FAILURES_NAMED` failed or invalid items: ``(URL or file, reason, detail)``.
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str, reason: str | None, where: str, error: str | None) -> None:
+        """Count one item's outcome; name it if it is among the first few failures."""
+        self.statuses[status] += 1
+        if reason:
+            self.reasons[reason] += 1
+        if status in ("failed", "invalid") and len(self.failures) < FAILURES_NAMED:
+            self.failures.append((where, reason or status, (error or "")[:200]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "new": self.new,
+            "known": self.known,
+            "processed": self.processed,
+            "merged": self.merged,
+            "bytes_stored": self.bytes_stored,
+            "taken_down": self.taken_down,
+            "statuses": dict(self.statuses),
+            "reasons": dict(self.reasons),
+            "failures": [list(f) for f in self.failures],
+            "seconds": round(self.seconds, 3),
+            "items_per_second": round(self.processed / self.seconds, 1) if self.seconds else None,
+        }
+
+
+def ingest(ws: Workspace, source: Source, options: IngestOptions | None = None) -> IngestSummary:
+    """Register every record of ``source`` in ``ws`` and process the pending items of that source.
+
+    Idempotent: origins already in the catalog are counted as ``known`` and left alone; a re-run after a crash
+    finishes what was pending. Returns an :class:`IngestSummary`.
+    """
+    options = options or IngestOptions()
+    get_executor(options.executor)  # an unknown or unavailable executor fails before anything is registered
+    summary = IngestSummary(source=source.name)
+    started = time.perf_counter()
+    for chunk in _chunked(source.records(), options.register_chunk):
+        # rows a source already knows to be unusable (e.g. malformed URL-list rows) are outcomes of this run too
+        settled = [r for r in chunk if r.status != "pending"]
+        fresh = _unknown_origins(ws, settled)
+        new, known = ws.catalog.register(chunk)
+        summary.new += new
+        summary.known += known
+        for record in fresh:
+            where = record.url or record.source_path or record.origin_key
+            summary.count(record.status, record.reason, where, record.error)
+    process_pending(ws, source.name, options, summary)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def process_pending(
+    ws: Workspace,
+    source: str | None = None,
+    options: IngestOptions | None = None,
+    summary: IngestSummary | None = None,
+) -> IngestSummary:
+    """Fetch, validate and store every ``pending`` item (of one source, or all); return the summary.
+
+    Recorded take-downs are then re-applied (:func:`emo8.core.takedown.enforce`): an item that copies a taken-down
+    image is ``removed`` at once (counted in ``taken_down``), and bytes of a purged take-down that arrived again
+    are deleted again.
+    """
+    options = options or IngestOptions()
+    summary = summary or IngestSummary(source=source or "all")
+    started = time.perf_counter()
+    if options.retry_failed:
+        failed = ws.catalog.items(["item_id", "source", "reason"], where="status = 'failed'")
+        failed = failed[(failed.reason != "malformed_row") & ((failed.source == source) if source else True)]
+        ws.catalog.reset(failed.item_id.tolist())
+    pending = ws.catalog.pending(source)
+    if pending.empty:
+        summary.seconds += time.perf_counter() - started
+        return summary
+    sink = _OutcomeSink(ws, options.commit_every, summary)
+    sink.where = dict(zip(pending.item_id, pending.url.fillna(pending.source_path).fillna(""), strict=True))
+    executor = get_executor(options.executor)
+    with _progress(options.progress, len(pending)) as progress:
+        sink.progress = progress
+        try:
+            executor.ingest_pending(ws, pending, options, sink)
+        finally:
+            sink.flush()
+    # copies of images taken down earlier never stay: removed now, and purged bytes that came back deleted again
+    summary.taken_down += sum(enforce(ws).values())
+    summary.seconds += time.perf_counter() - started
+    return summary
+
+
+# -- the pieces ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What a decode worker found for one item: a read failure, or the sha256 and validation of its bytes."""
+
+    sha256: str | None = None
+    info: ImageInfo | None = None
+    new_bytes: int = 0
+    read_failure: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """Downloaded bytes handed to a decode worker as a file in the workspace's ``tmp/`` that the worker owns: it
+    renames the file into the object store when the image is valid and new, and deletes it otherwise. Cheaper
+    than pickling the bytes through the pool's pipe, and the store's own write becomes a rename."""
+
+    path: str
+
+
+_spooled = itertools.count()
+
+
+def spool(data: bytes, store: ObjectStore) -> Spooled | bytes:
+    """Write downloaded bytes to a new file in ``store.tmp`` for a decode worker; the bytes themselves when the
+    file cannot be written (the worker then stores them, reporting a full disk as the store always does)."""
+    path = store.tmp / f".part-dl-{os.getpid()}-{next(_spooled)}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileNotFoundError:
+        store.tmp.mkdir(parents=True, exist_ok=True)
+        return spool(data, store)
+    except OSError:
+        return data
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except OSError:
+        path.unlink(missing_ok=True)
+        return data
+    return Spooled(str(path))
+
+
+def _check_spooled(source: Spooled, config: ValidationConfig, store: ObjectStore) -> Checked:
+    """:func:`check_and_store` for a spooled download: the file is moved into the store or deleted, never left."""
+    new = False
+    try:
+        with open(source.path, "rb") as handle:
+            data = handle.read()
+        sha256 = hashlib.sha256(data).hexdigest()
+        info = inspect_image(data, config)
+        if info.ok:
+            target = store.path(sha256, info.format)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source.path, target)
+                new = True
+        return Checked(sha256, info, len(data) if new else 0)
+    finally:
+        if not new:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(source.path)
+
+
+def check_and_store(source: bytes | str | Spooled, config: ValidationConfig, store: ObjectStore) -> Checked:
+    """Validate downloaded bytes (or a :class:`Spooled` download), or the bytes at a local locator (a file path
+    or ``hf://...``), and store them if valid; runs in a decode worker, so reading, decoding and writing all
+    happen off the event loop.
+
+    Invalid bytes are never stored.
+    """
+    if isinstance(source, Spooled):
+        return _check_spooled(source, config, store)
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = read_local(source)
+        except FileNotFoundError as exc:
+            return Checked(read_failure=("missing_file", str(exc)))
+        except OSError as exc:
+            return Checked(read_failure=("unreadable", str(exc)))
+    sha256 = hashlib.sha256(data).hexdigest()
+    info = inspect_image(data, config)
+    new = info.ok and store.put(data, info.format, sha256)[1]
+    return Checked(sha256, info, len(data) if new else 0)
+
+
+def outcome_for(item_id: str, checked: Checked, http_status: int | None, attempts: int) -> ItemOutcome:
+    """Turn a worker's finding into a catalog outcome (invalid bytes carry no sha256: they are not stored)."""
+    if checked.read_failure is not None:
+        return ItemOutcome(item_id, "failed", *checked.read_failure, http_status, attempts)
+    info = checked.info
+    assert info is not None
+    if not info.ok:
+        return ItemOutcome(item_id, "invalid", info.reason, info.error, http_status, attempts)
+    signals = {k: getattr(info, k) for k in SIGNAL_COLUMNS}
+    return ItemOutcome(item_id, "valid", None, None, http_status, attempts, checked.sha256, signals)
+
+
+def outcome_for_fetch_failure(result: FetchResult) -> ItemOutcome:
+    """Turn a failed fetch into a catalog outcome: ``skipped`` for policy refusals, ``failed`` otherwise."""
+    status = "skipped" if result.reason in POLICY_REASONS else "failed"
+    return ItemOutcome(result.key, status, result.reason, result.error, result.http_status, result.attempts)
+
+
+class _OutcomeSink:
+    """Buffers outcomes and commits them in batches (one transaction each); counts them in the summary."""
+
+    def __init__(self, ws: Workspace, every: int, summary: IngestSummary) -> None:
+        self.ws, self.every, self.summary = ws, every, summary
+        self.buffer: list[ItemOutcome] = []
+        self.last_flush = time.monotonic()
+        self.progress: Progress | None = None
+        self.where: dict[str, str] = {}  # item_id -> URL or file, to name failures
+
+    def add(self, outcome: ItemOutcome, new_bytes: int = 0) -> None:
+        self.buffer.append(outcome)
+        self.summary.processed += 1
+        self.summary.bytes_stored += new_bytes
+        where = self.where.get(outcome.item_id) or outcome.item_id
+        self.summary.count(outcome.status, outcome.reason, where, outcome.error)
+        if self.progress is not None:
+            self.progress.advance(self.progress.task_ids[0])
+        if len(self.buffer) >= self.every or time.monotonic() - self.last_flush > 2.0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            merged = self.ws.catalog.apply(self.buffer)
+            self.summary.merged += len(merged)
+            self.buffer = []
+        self.last_flush = time.monotonic()
+
+
+#: The public name of the outcome sink that executors hand their outcomes to.
+OutcomeSink = _OutcomeSink
+
+
+def run_local_pending(
+    ws: Workspace, pending: pd.DataFrame, options: IngestOptions, sink: _OutcomeSink
+) -> None:
+    """The ``local`` executor: local files through the decode pool, then URLs through one asyncio downloader."""
+    remote = pending[pending.url.notna()]
+    local = pending[pending.url.isna() & pending.source_path.notna()]
+    with _decode_pool(options.workers) as pool:
+        if len(local):
+            _process_local(ws, local, options, pool, sink)
+        if len(remote):
+            asyncio.run(_process_remote(ws, remote, options, pool, sink))
+
+
+def check_batch(
+    sources: list[bytes | str | Spooled], config: ValidationConfig, store: ObjectStore
+) -> list[Checked]:
+    """:func:`check_and_store` over a batch (one round trip to a worker per batch, not per image)."""
+    return [check_and_store(source, config, store) for source in sources]
+
+
+def _process_local(
+    ws: Workspace, rows: pd.DataFrame, options: IngestOptions, pool: ProcessPoolExecutor, sink: _OutcomeSink
+) -> None:
+    """Validate local origins in the pool (workers read the files themselves), a bounded number in flight."""
+    in_flight: dict[Future[list[Checked]], list[str]] = {}
+
+    def drain(block_until: int) -> None:
+        while len(in_flight) > block_until:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                for item_id, checked in zip(in_flight.pop(future), future.result(), strict=True):
+                    sink.add(outcome_for(item_id, checked, None, 1), checked.new_bytes)
+
+    for start in range(0, len(rows), options.batch_size):
+        chunk = rows.iloc[start : start + options.batch_size]
+        future = pool.submit(check_batch, chunk.source_path.tolist(), options.validation, ws.objects)
+        in_flight[future] = chunk.item_id.tolist()
+        drain(options.workers * 2)
+    drain(0)
+
+
+async def _process_remote(
+    ws: Workspace, rows: pd.DataFrame, options: IngestOptions, pool: ProcessPoolExecutor, sink: _OutcomeSink
+) -> None:
+    """Download remote origins; bodies go to the pool in batches for validation while the next ones download.
+
+    A batch is sent when it is full, or after half a second, so a slow or rate-limited host never holds
+    downloaded images back for long.
+    """
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(options.workers * 3)  # batches in flight
+    tasks: set[asyncio.Task[None]] = set()
+    batch: list[FetchResult] = []
+
+    async def validate(results: list[FetchResult]) -> None:
+        try:
+            sources: list[bytes | str | Spooled] = [
+                spool(r.data, ws.objects) for r in results if r.data is not None
+            ]
+            for r in results:
+                r.data = None  # the bytes live in the spooled file now
+            try:
+                checked = await loop.run_in_executor(
+                    pool, check_batch, sources, options.validation, ws.objects
+                )
+            except BaseException:  # cancelled or failed: no spooled file is left behind in tmp/
+                for source in sources:
+                    if isinstance(source, Spooled):
+                        with contextlib.suppress(OSError):
+                            os.unlink(source.path)
+                raise
+            for result, found in zip(results, checked, strict=True):
+                sink.add(outcome_for(result.key, found, result.http_status, result.attempts), found.new_bytes)
+        finally:
+            slots.release()
+
+    async def send_batch() -> None:
+        nonlocal batch
+        await slots.acquire()
+        if not batch:  # the other sender took it while we waited for a slot
+            slots.release()
+            return
+        task = loop.create_task(validate(batch))
+        batch = []
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def send_stale_batches() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if batch:
+                await send_batch()
+
+    ticker = loop.create_task(send_stale_batches())
+    requests = (FetchRequest(key, url) for key, url in zip(rows.item_id, rows.url, strict=True))
+    try:
+        async for result in fetch_stream(requests, options.download):
+            if not result.ok or result.data is None:
+                sink.add(outcome_for_fetch_failure(result))
+                continue
+            batch.append(result)
+            if len(batch) >= options.batch_size:
+                await send_batch()
+    finally:
+        ticker.cancel()
+    if batch:
+        await send_batch()
+    while tasks:
+        await asyncio.gather(*tasks)
+
+
+class _decode_pool:
+    """A process pool for decoding, started (forked) before any thread or event loop exists."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+
+    def __enter__(self) -> ProcessPoolExecutor:
+        self.pool.submit(os.getpid).result()  # with "fork", the first submit launches every worker
+        return self.pool
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _progress(enabled: bool, total: int) -> Progress:
+    progress = Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+    progress.add_task("ingest", total=total)
+    return progress
+
+
+def _unknown_origins(ws: Workspace, records: list[OriginRecord]) -> list[OriginRecord]:
+    """The records whose origin the catalog has not registered yet."""
+    if not records:
+        return []
+    keys = [r.origin_key for r in records]
+    known: set[str] = set()
+    db = ws.catalog.connect()
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        rows = db.execute(
+            f"SELECT origin_key FROM origins WHERE origin_key IN ({', '.join('?' * len(part))})", part
+        )
+        known.update(row[0] for row in rows)
+    return [r for r in records if r.origin_key not in known]
+
+
+def _chunked(records: Iterable[OriginRecord], size: int) -> Iterator[list[OriginRecord]]:
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
