@@ -6,18 +6,31 @@ failure (a server down, the network, the disk), 2 bad input or usage (what the c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
+
+from emo8.core.stage import (  # noqa: F401  (re-exported for the CLI modules)
+    DEFAULT_WORKERS,
+    PANEL_COLLECT,
+    PANEL_CURATE,
+    PANEL_FINETUNE,
+    PANEL_LABEL,
+    PANEL_PRETRAIN,
+    PANEL_RELEASE,
+    PANEL_SETUP,
+    PANEL_TOOLS,
+    PANELS,
+    WORKERS_HELP,
+)
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -31,23 +44,6 @@ EXIT_CODES: dict[int, str] = {
     EXIT_USAGE: "bad input or usage: an unknown option or name, a missing or malformed file, weights that are "
     "not available; change the command",
 }
-
-#: Default of ``--workers`` wherever a command decodes images in parallel: the CPUs, at most 8.
-DEFAULT_WORKERS = max(1, min(8, os.cpu_count() or 1))
-
-#: Help panels, in pipeline order: ``emo8 --help`` lists the commands grouped by stage.
-PANEL_SETUP = "1. Set up"
-PANEL_COLLECT = "2. Collect"
-PANEL_CURATE = "3. Curate"
-PANEL_LABEL = "4. Label"
-PANEL_RELEASE = "5. Split, release, audit"
-PANEL_PRETRAIN = "Pretrain"
-PANEL_FINETUNE = "Fine-tune and evaluate"
-PANEL_TOOLS = "Tools"
-
-PANELS = (
-    PANEL_SETUP, PANEL_COLLECT, PANEL_CURATE, PANEL_LABEL, PANEL_RELEASE, PANEL_PRETRAIN, PANEL_FINETUNE, PANEL_TOOLS,
-)  # fmt: skip
 
 
 def ordered_group(order: tuple[str, ...] = ()) -> type[TyperGroup]:
@@ -101,7 +97,6 @@ WorkspaceOpt = Annotated[
 ]
 QUIET_HELP = "No progress output (results, warnings and errors are still printed)."
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
-WORKERS_HELP = "Parallel workers reading and decoding images (default: CPUs, max 8)."
 Workers = Annotated[int, typer.Option("--workers", help=WORKERS_HELP)]
 Device = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")]
 ExecutorKind = Annotated[
@@ -135,7 +130,7 @@ def exit_on(*rules: tuple[Any, ...]) -> Iterator[None]:
 
 def fail(
     message: str, code: int = EXIT_USAGE, label: str = "error", cause: BaseException | None = None
-) -> None:
+) -> NoReturn:
     """Print ``<label>: <message>`` on stderr (no markup read from the message) and exit with ``code``."""
     console.print(f"[red]{label}:[/] {escape(message)}")
     raise typer.Exit(code) from cause
