@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from emo8.cli.common import Quiet, WorkspaceOpt, console, exit_on, out
+from emo8.cli.app import app
+from emo8.cli.common import PANEL_LABEL, Quiet, WorkspaceOpt, console, exit_on, out
 
 if TYPE_CHECKING:
     from emo8.annotate.client import Client
@@ -407,3 +408,6 @@ def _num(value: float | None, n: int | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.3f}" + (f" (n={n})" if n is not None else "")
+
+
+app.add_typer(annotate_app, name="annotate", rich_help_panel=PANEL_LABEL)
