@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# pipelines/demo.yaml: the whole chain on the bundled samples, offline, into demo-workspace/ (a second run does
+# nothing: every step is up to date; `rm -rf demo-workspace` starts over).
 demo: $(STAMP)
-	$(BIN)/python -m emo8.pipeline.demo
+	$(BIN)/emo8 build pipelines/demo.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check emo8 uniemox tests benchmarks

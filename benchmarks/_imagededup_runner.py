@@ -13,6 +13,7 @@ import importlib.util
 import json
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _encoders() -> Any:
-    spec = importlib.util.spec_from_file_location("emo8_encoders", REPO / "emo8" / "encoders.py")
+    """emo8's encoder module, loaded by path: its only emo8 import (``emo8.embed.base``: a default key and two
+    error classes) is stood in for, so neither emo8's package nor pydantic has to exist in this venv."""
+    if "emo8.embed.base" not in sys.modules:
+        base = types.ModuleType("emo8.embed.base")
+        base.DEFAULT_MODEL = "efficientnet-lite0"  # type: ignore[attr-defined]
+        base.EncoderKeyError = type("EncoderKeyError", (ValueError,), {})  # type: ignore[attr-defined]
+        base.WeightsError = type("WeightsError", (RuntimeError,), {})  # type: ignore[attr-defined]
+        for name in ("emo8", "emo8.embed"):
+            package = types.ModuleType(name)
+            package.__path__ = []
+            sys.modules.setdefault(name, package)
+        sys.modules["emo8.embed.base"] = base
+    spec = importlib.util.spec_from_file_location("emo8_encoders", REPO / "emo8" / "embed" / "encoders.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["emo8_encoders"] = module

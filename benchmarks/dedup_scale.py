@@ -227,7 +227,11 @@ def search_embeddings(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     rss_before = _current_rss_gb()
     t0 = time.perf_counter()
     config = SearchConfig(
-        memory_budget_gb=args.memory_budget_gb, nprobe=args.nprobe, max_neighbours=MAX_NEIGHBOURS
+        memory_budget_gb=args.memory_budget_gb,
+        nprobe=args.nprobe,
+        nprobe_max=args.nprobe_max,
+        probe_slack=args.probe_slack,
+        max_neighbours=MAX_NEIGHBOURS,
     )
     pairs = cosine_pairs(matrix, s, config=config)
     t_search = time.perf_counter() - t0
@@ -238,7 +242,8 @@ def search_embeddings(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     return {
         "part": "embeddings", "n": args.n, "dim": args.dim, "dtype": "float16 memmap", "planted": args.planted,
         "straddle_neighbourhoods": args.straddle, "near_blob": args.near_blob, "min_similarity": s,
-        "nprobe": args.nprobe, "memory_budget_gb": args.memory_budget_gb, "max_neighbours": MAX_NEIGHBOURS,
+        "nprobe": args.nprobe, "nprobe_max": args.nprobe_max, "probe_slack": args.probe_slack,
+        "memory_budget_gb": args.memory_budget_gb, "max_neighbours": MAX_NEIGHBOURS,
         "search_seconds": round(t_search, 1), "search_and_cluster_seconds": round(t_total, 1), "pairs": len(pairs),
         "capped": pairs.capped, **scores, "clusters": len(clusters.sizes()),
         "near_blob_canonicals": len(np.unique(clusters.canonical[truth["near_blob"]])),
@@ -298,6 +303,8 @@ def main() -> None:
     parser.add_argument("--min-similarity", type=float, default=EMBED_MIN_SIMILARITY["efficientnet-lite0"])
     parser.add_argument("--max-distance", type=int, default=PHASH_MAX_DISTANCE)
     parser.add_argument("--nprobe", type=int, default=SearchConfig().nprobe)
+    parser.add_argument("--nprobe-max", type=int, default=SearchConfig().nprobe_max)
+    parser.add_argument("--probe-slack", type=float, default=SearchConfig().probe_slack)
     parser.add_argument("--memory-budget-gb", type=float, default=SearchConfig().memory_budget_gb)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT / "dedup_scale.json")

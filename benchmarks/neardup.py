@@ -21,8 +21,9 @@ were set on the tuning half and the tables of docs/dedup.md are the test half. T
   0.79, no geometric verification;
 * ``plain SIFT``: the same grey-zone candidates, a pair kept when >= 10 SIFT matches pass the ratio test (no
   geometry), then connected components;
-* imagededup PHash and CNN (its own venv ``.venv-peers/imagededup``; skipped with a message when absent), connected
-  components of its pairs.
+* imagededup PHash and CNN (its own venv ``.venv-peers-imagededup``, :data:`PEER_PINS`; skipped with a message
+  when absent), connected components of each method's pairs and of their union, at imagededup's default
+  thresholds and at union thresholds chosen on the tuning half (the CNN is the same EfficientNet-Lite0).
 
 Reported per system and split: **cluster pair precision and recall** (every pair of images inside a predicted
 cluster is a predicted pair; a true pair is two images of one group), per edit kind (recall: (original, edit) pairs
@@ -69,6 +70,9 @@ from emo8.ingest.sources import create_source  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "photos-dev"
 OUT = REPO / "benchmarks" / "out"
+
+#: imagededup's pinned install (its own virtual environment; timm for the shared EfficientNet-Lite0).
+PEER_PINS = "imagededup==0.3.3.post2 timm==1.0.31"
 
 Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 
@@ -437,13 +441,43 @@ def replace_ctx(ctx: Any) -> Any:
     return ctx
 
 
+def _pr(labels: np.ndarray, truth: np.ndarray, subset: np.ndarray) -> tuple[float, float]:
+    """Cluster pair precision and recall over ``subset`` (the quick form of :func:`evaluate`, for sweeps)."""
+    idx = np.flatnonzero(subset)
+    predicted = cluster_pairs(labels[idx])
+    true = cluster_pairs(truth[idx])
+    tp = len(predicted & true)
+    return (tp / len(predicted) if predicted else 1.0), (tp / len(true) if true else 1.0)
+
+
+def choose_on_tuning(
+    labels_for: Callable[[Any], np.ndarray],
+    grid: list[Any],
+    records: list[dict[str, Any]],
+    min_precision: float,
+) -> tuple[Any, float, float]:
+    """The setting of ``grid`` with the best tuning-half recall among those with tuning-half precision >=
+    ``min_precision`` (the test half is never looked at); ``(setting, precision, recall)``."""
+    truth = np.unique([r["group"] for r in records], return_inverse=True)[1]
+    tune = np.array([r["split"] == "tune" for r in records])
+    best: tuple[Any, float, float] = (grid[0], 0.0, -1.0)
+    for setting in grid:
+        precision, recall = _pr(labels_for(setting), truth, tune)
+        if precision >= min_precision and recall > best[2]:
+            best = (setting, precision, recall)
+    return best
+
+
 def run_imagededup(python: Path, folder: Path, records: list[dict[str, Any]], workers: int, tmp: Path,
-                   max_distance: int = 10, min_similarity: float = 0.9) -> dict[str, Any] | None:  # fmt: skip
-    """imagededup's PHash (distance <= 10, its default) and CNN (cosine >= 0.9, its default), fed the same
-    EfficientNet-Lite0; connected components of each one's pairs. None when its venv is missing."""
+                   max_distance: int = 10, min_similarity: float = 0.9,
+                   min_precision: float = 0.99) -> dict[str, Any] | None:  # fmt: skip
+    """imagededup's PHash (its default distance <= 10) and CNN (its default cosine >= 0.9), the CNN fed the same
+    EfficientNet-Lite0 weights as emo8 (through imagededup's ``CustomModel``, with the model's own timm
+    evaluation transform); connected components of each method's pairs and of the union of both, at imagededup's
+    defaults and at the union thresholds chosen on the tuning half. None when its venv is missing."""
     if not python.exists():
-        print(f"imagededup skipped: no venv at {python} (create it with `python -m venv .venv-peers/imagededup "
-              "&& .venv-peers/imagededup/bin/pip install imagededup timm`)", flush=True)  # fmt: skip
+        hint = "python3 -m venv .venv-peers-imagededup && .venv-peers-imagededup/bin/pip install " + PEER_PINS
+        print(f"imagededup skipped: no venv at {python} (create it with `{hint}`)", flush=True)
         return None
     job = {
         "image_dir": str(folder),
@@ -464,19 +498,39 @@ def run_imagededup(python: Path, folder: Path, records: list[dict[str, Any]], wo
         return None
     result = json.loads(out_path.read_text())
     index = {r["file"]: k for k, r in enumerate(records)}
-    codes = np.zeros(len(records), np.uint64)
+    n = len(records)
+    codes = np.zeros(n, np.uint64)
     for name, code in result["phash"]["codes"].items():
         codes[index[name]] = np.uint64(int(code, 16))
-    hp = hamming_pairs(codes, max_distance)
+    hp = hamming_pairs(codes, 16)  # the loosest radius of the sweep; smaller radii filter it
     matrix = np.load(out_path.with_suffix(".cnn.npy")).astype(np.float32)
     matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    full = np.zeros((len(records), matrix.shape[1]), np.float32)
-    full[[index[n] for n in result["cnn"]["names"]]] = matrix
-    cp = cosine_pairs(full, min_similarity)
+    full = np.zeros((n, matrix.shape[1]), np.float32)
+    full[[index[name] for name in result["cnn"]["names"]]] = matrix
+    cp = cosine_pairs(full, 0.7)
+
+    def hash_edges(d: int) -> np.ndarray:
+        keep = hp.value <= d
+        return np.stack([hp.i[keep], hp.j[keep]], axis=1)
+
+    def cnn_edges(s: float) -> np.ndarray:
+        keep = cp.value >= s
+        return np.stack([cp.i[keep], cp.j[keep]], axis=1)
+
+    def union(setting: tuple[int, float]) -> np.ndarray:
+        return components(n, [hash_edges(setting[0]), cnn_edges(setting[1])])
+
+    grid = [(d, round(s, 2)) for d in range(0, 17) for s in np.arange(0.70, 1.0, 0.01)]
+    (d_t, s_t), _, _ = choose_on_tuning(union, grid, records, min_precision)
+    print(f"imagededup union thresholds chosen on the tuning half: PHash <= {d_t}, CNN >= {s_t}", flush=True)
     return {
-        "imagededup PHash": {"labels": components(len(records), [np.stack([hp.i, hp.j], axis=1)])},
-        "imagededup CNN": {"labels": components(len(records), [np.stack([cp.i, cp.j], axis=1)])},
-    }
+        "imagededup PHash": {"labels": components(n, [hash_edges(max_distance)]), "setting": f"D<={max_distance}"},
+        "imagededup CNN": {"labels": components(n, [cnn_edges(min_similarity)]), "setting": f"S>={min_similarity}"},
+        "imagededup union, defaults": {"labels": union((max_distance, min_similarity)),
+                                       "setting": f"PHash D<={max_distance} | CNN S>={min_similarity}"},
+        "imagededup union, tuned": {"labels": union((d_t, s_t)), "setting": f"PHash D<={d_t} | CNN S>={s_t}"},
+        "timings": {k: {t: v for t, v in result[k].items() if t.endswith("seconds")} for k in ("phash", "cnn")},
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -492,7 +546,7 @@ def main() -> None:
         "--templates", type=int, default=20, help="bases that also appear inside a card template"
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--imagededup-python", type=Path, default=REPO / ".venv-peers/imagededup/bin/python")
+    parser.add_argument("--imagededup-python", type=Path, default=REPO / ".venv-peers-imagededup/bin/python")
     parser.add_argument("--out", type=Path, default=OUT / "neardup.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -510,6 +564,7 @@ def main() -> None:
     systems["plain SIFT"] = run_plain_sift(emo8["ws"], records, emo8["position"], workers=args.workers)
     print("plain SIFT done", flush=True)
     peers = run_imagededup(args.imagededup_python, folder, records, args.workers, tmp)
+    peer_timings = peers.pop("timings", None) if peers else None
     if peers:
         systems.update(peers)
     split = np.array([r["split"] for r in records])
@@ -523,6 +578,8 @@ def main() -> None:
         "emo8": {k: emo8["emo8"]["report"].get(k) for k in ("verification", "pairs_per_tier", "clusters", "timings")},
         "emo8_seconds": {"ingest": emo8["ingest_s"], "embed": emo8["embed_s"], "dedup": emo8["emo8"]["seconds"]},
         "plain_sift": {k: systems["plain SIFT"][k] for k in ("pairs", "pairs_per_second", "seconds")},
+        "settings": {name: system.get("setting", "defaults") for name, system in systems.items()},
+        "imagededup_timings": peer_timings,
     }  # fmt: skip
     args.out.write_text(
         json.dumps(report, indent=1, default=lambda v: v.item() if hasattr(v, "item") else str(v))

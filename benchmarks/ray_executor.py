@@ -7,9 +7,12 @@ signals); ``--executor ray`` starts its own local Ray instance with the machine'
 Ray's start-up and shutdown, which are also measured alone (``ray.init`` + ``ray.shutdown`` with nothing to do).
 ``ray-cluster`` joins a Ray instance started beforehand (``ray start --head``, the machine's CPUs) with
 ``--ray-address auto``, as a job on a running cluster does; its CPU-seconds add those the cluster's processes
-(GCS, raylet, workers) spent during the run to the driver's. Runs alternate (local, ray, ray-cluster, local, ...).
+(GCS, raylet, workers) spent during the run to the driver's; what those processes spend while the instance is idle
+is measured too (``ray_idle_cpu_per_s``) and reported apart. Runs alternate (local, ray, ray-cluster, local, ...).
+Each executor also runs a list of ``--small`` images: the cost of a run with almost nothing to do (process start,
+imports, Ray's worker processes) is reported as ``fixed_*``, and the cost of each further image as ``marginal_*``.
 
-    nice .venv/bin/python benchmarks/ray_executor.py [--count 5000] [--repeats 2]
+    nice .venv/bin/python benchmarks/ray_executor.py [--count 5000] [--small 100] [--repeats 2]
 
 Results: printed, and ``benchmarks/out/ray_executor.json``.
 """
@@ -17,13 +20,18 @@ Results: printed, and ``benchmarks/out/ray_executor.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,14 +44,18 @@ from ingest_vs_img2dataset import (
     make_images,
     run_measured,
 )
-from ingest_vs_img2dataset import url_list_for as _url_list_for
 from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTORS = ("local", "ray", "ray-cluster")
 RAY_CLI = [str(Path(sys.executable).parent / "ray")]
+IDLE_S = 10.0
+RAY_JOIN = "import ray; ray.init(address='auto', log_to_driver=False); ray.shutdown()"
+#: The head's address, which ``--ray-address auto`` reads; removed with the head it names.
+CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 RAY_START = (
-    "import os, ray; ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False); "
+    "import os, ray; ray.init(address='local', num_cpus=os.cpu_count(), include_dashboard=False, "
+    "log_to_driver=False); "
     "ray.shutdown()"
 )
 
@@ -87,6 +99,14 @@ class ClusterCpu:
         return sum(v - self.start.get(pid, 0.0) for pid, v in self.seen.items())
 
 
+def url_list_for(count: int, port: int) -> Path:
+    """This benchmark's own URL list of ``count`` images (not shared with ``ingest_vs_img2dataset.py``'s lists,
+    which name another run's server when both benchmarks run at once)."""
+    path = WORK / f"ray-urls-{count}.csv"
+    path.write_text("url\n" + "".join(f"http://127.0.0.1:{port}/img/{i:06d}.jpg\n" for i in range(count)))
+    return path
+
+
 def run_ingest(url_list: Path, executor: str) -> dict[str, float | int | str]:
     """One ``emo8 ingest urls`` run with ``executor`` in a fresh workspace; wall, CPU, RSS and valid count."""
     variant, executor = executor, executor.split("-")[0]
@@ -103,12 +123,43 @@ def run_ingest(url_list: Path, executor: str) -> dict[str, float | int | str]:
     load = os.getloadavg()[0]
     with ClusterCpu() as cluster:
         wall, cpu, rss = run_measured(cmd)
-    cpu += cluster.seconds if extra else 0.0
-    status = json.loads(
-        subprocess.run([*emo8, "status", "-w", str(out), "--json"], capture_output=True).stdout
-    )
-    ok = int(status["status"].get("valid", 0))
-    return {"executor": variant, "wall_s": wall, "cpu_s": cpu, "rss_mb": rss, "ok": ok, "load": load}
+    cluster_cpu = cluster.seconds if extra else 0.0
+    with contextlib.closing(sqlite3.connect(out / "catalog.sqlite")) as db:
+        ok = int(db.execute("SELECT COUNT(*) FROM items WHERE status = 'valid'").fetchone()[0])
+    return {"executor": variant, "wall_s": wall, "cpu_s": cpu + cluster_cpu, "cluster_cpu_s": cluster_cpu,
+            "rss_mb": rss, "ok": ok, "load": load}  # fmt: skip
+
+
+def start_head() -> subprocess.Popen[bytes]:
+    """``ray start --head --block`` in its own process group (so that exactly its processes are stopped later);
+    returns once a driver can join it with ``address="auto"``."""
+    CURRENT_CLUSTER.unlink(missing_ok=True)
+    head = subprocess.Popen(
+        [*RAY_CLI, "start", "--head", "--block", f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    for _ in range(240):
+        if CURRENT_CLUSTER.exists() and head.poll() is None:
+            probe = subprocess.run([sys.executable, "-c", RAY_JOIN], capture_output=True, timeout=120)
+            if probe.returncode == 0:
+                return head
+        time.sleep(0.5)
+    stop_head(head)
+    raise SystemExit("the Ray head did not start")
+
+
+def stop_head(head: subprocess.Popen[bytes]) -> None:
+    """Stop the head's process group (GCS, raylet, workers): SIGTERM, then SIGKILL after 10 s."""
+    CURRENT_CLUSTER.unlink(missing_ok=True)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, sig)
+        try:
+            head.wait(10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def main() -> None:
@@ -116,6 +167,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--small", type=int, default=100, help="list size of the fixed-cost runs")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ray_executor.json")
     args = parser.parse_args()
@@ -123,38 +175,59 @@ def main() -> None:
     make_images(args.count)
     runs: list[dict[str, float | int | str]] = []
     with image_server() as port:
-        url_list = _url_list_for(args.count, port)
+        lists = {n: url_list_for(n, port) for n in (args.small, args.count)}
         startup = [run_measured([sys.executable, "-c", RAY_START]) for _ in range(args.repeats)]
-        subprocess.run([*RAY_CLI, "start", "--head", f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
-                        "--disable-usage-stats"], check=True, capture_output=True)  # fmt: skip
+        head = start_head()
         try:
+            with ClusterCpu() as idle:  # what the running instance's own processes spend while nothing runs
+                time.sleep(IDLE_S)
+            idle_rate = idle.seconds / IDLE_S
             for _ in range(args.repeats):
                 for executor in EXECUTORS:
-                    r = run_ingest(url_list, executor)
-                    runs.append(r)
-                    print(
-                        f"  {executor:<6} n={args.count} wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
-                        f"{1000 * float(r['cpu_s']) / max(1, int(r['ok'])):.2f} CPU-ms/image, ok={r['ok']}, "
-                        f"rss {float(r['rss_mb']):.0f} MB, load {float(r['load']):.2f}",
-                        flush=True,
-                    )
+                    for n, url_list in lists.items():
+                        r = {**run_ingest(url_list, executor), "count": n}
+                        runs.append(r)
+                        print(
+                            f"  {executor:<11} n={n:<6} wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
+                            f"{1000 * float(r['cpu_s']) / max(1, int(r['ok'])):.2f} CPU-ms/image, ok={r['ok']}, "
+                            f"rss {float(r['rss_mb']):.0f} MB, load {float(r['load']):.2f}",
+                            flush=True,
+                        )
         finally:
-            subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
+            stop_head(head)
 
-    def median(executor: str, key: str) -> float:
-        return statistics.median(float(r[key]) for r in runs if r["executor"] == executor)
+    def median(executor: str, key: str, count: int = args.count) -> float:
+        return statistics.median(
+            float(r[key]) for r in runs if r["executor"] == executor and r["count"] == count
+        )
 
     start_wall = statistics.median(s[0] for s in startup)
     start_cpu = statistics.median(s[1] for s in startup)
+    extra = args.count - args.small
     summary = {
         executor: {
             "wall_s": round(median(executor, "wall_s"), 2),
             "cpu_s": round(median(executor, "cpu_s"), 2),
             "cpu_ms_per_image": round(1000 * median(executor, "cpu_s") / args.count, 3),
             "images_per_s": round(args.count / median(executor, "wall_s"), 1),
+            # the cost of a run with almost nothing to do (process start, imports, Ray workers) ...
+            "fixed_wall_s": round(median(executor, "wall_s", args.small), 2),
+            "fixed_cpu_s": round(median(executor, "cpu_s", args.small), 2),
+            # ... and what each further image costs
+            "marginal_cpu_ms_per_image": round(
+                1000 * (median(executor, "cpu_s") - median(executor, "cpu_s", args.small)) / extra, 3
+            ),
+            "marginal_wall_ms_per_image": round(
+                1000 * (median(executor, "wall_s") - median(executor, "wall_s", args.small)) / extra, 3
+            ),
         }
         for executor in EXECUTORS
     }
+    background = idle_rate * median("ray-cluster", "wall_s")
+    summary["ray-cluster"]["background_cpu_s"] = round(background, 2)
+    summary["ray-cluster"]["cpu_ms_per_image_without_background"] = round(
+        1000 * (median("ray-cluster", "cpu_s") - background) / args.count, 3
+    )
     ratio = median("ray", "wall_s") / median("local", "wall_s")
     ratio_cluster = median("ray-cluster", "wall_s") / median("local", "wall_s")
     ratio_warm = (median("ray", "wall_s") - start_wall) / median("local", "wall_s")
@@ -164,21 +237,30 @@ def main() -> None:
         "cores": os.cpu_count(),
         "command": " ".join(sys.argv),
         "count": args.count,
+        "small": args.small,
         "runs": runs,
         "ray_start_stop": {"wall_s": round(start_wall, 2), "cpu_s": round(start_cpu, 2)},
+        "ray_idle_cpu_per_s": round(idle_rate, 3),
         "summary": summary,
         "ray_over_local_wall": round(ratio, 3),
         "ray_over_local_wall_without_start": round(ratio_warm, 3),
         "ray_cluster_over_local_wall": round(ratio_cluster, 3),
+        "ray_cluster_over_local_marginal_wall": round(
+            summary["ray-cluster"]["marginal_wall_ms_per_image"]
+            / summary["local"]["marginal_wall_ms_per_image"],
+            3,
+        ),
     }
     print(
         f"\n{args.count} JPEGs from a loopback server; CPU: {report['cpu']}, {os.cpu_count()} cores (shared)"
     )
     for executor, s in summary.items():
-        print(f"  {executor:<6} {s}")
-    print(f"  Ray start + stop alone: {start_wall:.1f} s wall, {start_cpu:.1f} CPU-s")
+        print(f"  {executor:<11} {s}")
+    print(f"  Ray start + stop alone: {start_wall:.1f} s wall, {start_cpu:.1f} CPU-s; "
+          f"a running instance's own processes, idle: {idle_rate:.2f} CPU-s per second")  # fmt: skip
     print(f"  ray / local wall time: {ratio:.2f} (without Ray's start-up: {ratio_warm:.2f}; target <= 1.3)")
-    print(f"  ray-cluster (already running) / local wall time: {ratio_cluster:.2f}")
+    print(f"  ray-cluster (already running) / local wall time: {ratio_cluster:.2f}; "
+          f"per further image: {report['ray_cluster_over_local_marginal_wall']:.2f}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 

@@ -476,6 +476,36 @@ def test_cli_push_status_aggregate_with_env_connection(
 
 
 @pytest.mark.labelstudio
+def test_round_stage_pushes_waits_with_the_project_link_then_pulls_to_complete(
+    ls_server: LiveServer, annotators: dict[str, Client], sample_paths: list[Path], tmp_path: Path
+) -> None:
+    """``annotate-round`` (what ``emo8 build`` runs) against a live server: push once, wait, pull, complete."""
+    from emo8.annotate.stage import AnnotateRoundSettings
+    from emo8.core.stage import get_stage
+
+    ws = _workspace(tmp_path, sample_paths, 2)
+    ws.catalog.save_selection("live", _valid_ids(ws), "test")
+    save_connection(
+        ws, Connection(ls_server.url, ls_server.server.api_key, True, ls_server.config.document_root)
+    )
+    stage = get_stage("annotate-round")
+    settings = AnnotateRoundSettings(round="live", overlap=2, gold_rate=0)
+    first = stage.run(ws, settings, False)
+    assert first.push is not None and first.push.new_tasks == 2 and first.pull is not None
+    project_url = first.completion.project_url
+    waiting = stage.summarize(first, settings).waiting
+    assert waiting and project_url and project_url in waiting and "annotate serve" not in waiting
+    assert first.completion.project_id is not None
+    tasks = _tasks_by_item(ls_server.client(), first.completion.project_id)
+    for client in list(annotators.values())[:2]:
+        for task in tasks.values():
+            _annotate(client, task["id"], "awe")
+    second = stage.run(ws, settings, False)
+    assert second.push is None and second.pull is not None and second.pull.changes.new == 4
+    assert second.completion.done and stage.summarize(second, settings).waiting is None
+
+
+@pytest.mark.labelstudio
 def test_connection_token_is_private_and_never_in_config_or_logs(
     ls_server: LiveServer, ws: Workspace
 ) -> None:

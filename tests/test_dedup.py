@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import datasets
 import numpy as np
 import pandas as pd
@@ -15,8 +17,8 @@ import pytest
 from dedupfixtures import *  # noqa: F403  (the embedded workspaces)
 from dedupfixtures import COPIED, DupSet, ingest_folder, make_copy
 from neardupfixtures import *  # noqa: F403  (the near-duplicate workspace)
-from neardupfixtures import EDITS, ND_CONFIG, names
-from PIL import Image
+from neardupfixtures import EDITS, ND_CONFIG, balloon, names
+from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from emo8 import Workspace
@@ -32,6 +34,7 @@ from emo8.core.similarity import (
     hex_to_codes,
     mih_plan,
     popcount,
+    probe_lists,
     verified_clusters,
 )
 from emo8.dedup.tiers import (
@@ -43,6 +46,7 @@ from emo8.dedup.tiers import (
     dedup,
     licence_rank,
 )
+from emo8.dedup.verify import FeatureCache, VerifyConfig, correlation, grey, verify_pairs
 from emo8.embed.run import EmbedConfig, embed, load_embeddings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "emo8" / "samples" / "images"
@@ -464,7 +468,7 @@ def test_capped_cosine_search_keeps_the_best_ranked_matches() -> None:
     ivf_config = SearchConfig(max_neighbours=8, float_flat_max=0, nprobe=4)
     ivf = cosine_pairs(x, 0.95, config=ivf_config, priority=rank)
     full = cosine_pairs(x, 0.95, config=SearchConfig(float_flat_max=10**9))
-    assert ivf.capped > 0 and len(ivf) <= 600 * 8 * ivf_config.nprobe < len(full)
+    assert ivf.capped > 0 and len(ivf) <= 600 * 8 * ivf_config.nprobe_max < len(full)  # 8 per probed list
     assert set(zip(ivf.i.tolist(), ivf.j.tolist(), strict=True)) <= set(
         zip(full.i.tolist(), full.j.tolist(), strict=True)
     )
@@ -572,3 +576,102 @@ def test_chained_members_join_through_enough_links_but_a_single_false_match_does
     chain = Edges.build([(2, np.array([0, 1, 2]), np.array([1, 2, 3]), np.full(3, 0.9, np.float32))])
     clusters = verified_clusters(4, chain, np.arange(4), reject_all, min_links=2)
     assert clusters.canonical.tolist() == [0, 0, 2, 2]
+
+
+# -- low-texture images, verification cost, IVF probing ---------------------------------------------------------
+
+
+def _sparse_crop(tmp_path: Path) -> tuple[str, str]:
+    """A 62 % window of the plain clip-art tux-0170 (39 SIFT keypoints, 110 x 350): too few keypoints to verify
+    by keypoint rules alone."""
+    original = SAMPLES / "tux-0170.jpg"
+    im = Image.open(original).convert("RGB")
+    w, h = im.size
+    left, top = int(w * 0.3), int(h * 0.05)
+    crop = tmp_path / "tux-crop.jpg"
+    im.crop((left, top, left + int(w * 0.62), top + int(h * 0.62))).save(crop, quality=90)
+    return str(crop), str(original)
+
+
+def test_a_large_crop_of_plain_clipart_is_verified_photometrically(tmp_path: Path) -> None:
+    crop, original = _sparse_crop(tmp_path)
+    on, off = VerifyConfig(), VerifyConfig(dense_fallback=False)
+    assert len(FeatureCache(on).features(original) or ()) < on.decisive_keypoints  # a low-texture image
+    assert not FeatureCache(off).match(crop, original).verified  # keypoints alone: not verified
+    found = FeatureCache(on).match(crop, original)
+    assert found.verified and found.inliers >= on.dense_min_inliers and not found.undecided
+    assert found.overlap_ratio >= on.min_correlation  # the score of a photometric decision is the correlation
+    # mirrored: the mirrored dense features are tried too
+    mirror = tmp_path / "tux-crop-mirror.jpg"
+    ImageOps.mirror(Image.open(crop)).save(mirror, quality=90)
+    flipped = FeatureCache(on).match(str(mirror), original)
+    assert flipped.verified and flipped.mirrored
+    # per pair, the caller can skip the check (where a high cosine accepts an undecided pair anyway)
+    both = verify_pairs([(crop, original), (crop, original)], on, dense_fallback=[False, True])
+    assert both.verified.tolist() == [False, True] and both.undecided.tolist() == [True, False]
+    with pytest.raises(ValueError, match="flags"):
+        verify_pairs([(crop, original)], on, dense_fallback=[True, False])
+
+
+def test_the_photometric_fallback_merges_no_distinct_drawings(tmp_path: Path) -> None:
+    """Distinct low-texture drawings (the two balloons, the bundled plain clip-art, a crop of one against the
+    others) stay apart: a transform fitted to a few chance matches does not make the pixels agree."""
+    crop, _ = _sparse_crop(tmp_path)
+    for red in (True, False):
+        balloon(red).save(tmp_path / f"balloon-{red}.png")
+    paths = [crop, str(tmp_path / "balloon-True.png"), str(tmp_path / "balloon-False.png")]
+    paths += [str(SAMPLES / n) for n in ("ocl-0083.jpg", "ocl-0471.jpg", "ocl-0466.jpg")]
+    cache = FeatureCache(VerifyConfig())
+    for a, b in itertools.combinations(paths, 2):
+        assert not cache.match(a, b).verified, (a, b)
+        assert not cache.match(b, a).verified, (b, a)
+
+
+def test_correlation_agrees_under_the_true_transform_only() -> None:
+    image = grey(str(SAMPLES / "lom-0005.jpg"), 320)
+    h, w = image.shape
+    shift = np.array([[1.0, 0.0, -40.0], [0.0, 1.0, -30.0]], np.float32)  # a crop's transform
+    crop = cv2.warpAffine(image, shift, (w - 40, h - 30))
+    coverage, ncc = correlation(image, crop, shift)
+    assert ncc > 0.95 and coverage > 0.95
+    wrong = shift.copy()
+    wrong[:, 2] += (35.0, -25.0)
+    assert correlation(image, crop, wrong)[1] < 0.8
+    flat = np.full((100, 100), 200, np.uint8)
+    assert np.isnan(correlation(flat, flat, np.eye(2, 3, dtype=np.float32))[1])  # flat: no decision
+
+
+def test_candidates_joined_by_accepted_pairs_are_not_verified_again(dup_ws: Workspace) -> None:
+    """Transformed copies joined by strict hashes or a high cosine: the grey-zone candidates between them need no
+    check of their own, and skipping them leaves the clusters as they were."""
+    reports, heads = {}, {}
+    for skip in (False, True):
+        config = replace(CONFIG, dry_run=True, verification=replace(CONFIG.verification, skip_connected=skip))
+        result = dedup(dup_ws, config)
+        reports[skip] = result.report["verification"]
+        heads[skip] = result.frame.dup_of.fillna(result.frame.item_id).tolist()
+    skipped = reports[True]["skipped_connected"]
+    assert skipped > 0 and "skipped_connected" not in reports[False]
+    assert reports[True]["grey_zone_pairs"] == reports[False]["grey_zone_pairs"] - skipped
+    assert heads[True] == heads[False]
+
+
+def test_ivf_probing_reaches_every_list_that_can_hold_a_match() -> None:
+    """The triangle-inequality bound on angles: with as many probes as it asks for, the IVF range search finds
+    exactly the flat search's pairs; with a fixed small nprobe it misses pairs across list boundaries."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6000, 24)).astype(np.float32)
+    x[3000:3600] = x[:600] + rng.standard_normal((600, 24)).astype(np.float32) * 0.25
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat = cosine_pairs(x, 0.9, config=SearchConfig(float_flat_max=10**9))
+    want = set(zip(flat.i.tolist(), flat.j.tolist(), strict=True))
+    fixed = cosine_pairs(x, 0.9, config=SearchConfig(float_flat_max=0, nlist=64, nprobe=1, nprobe_max=0))
+    bound = cosine_pairs(x, 0.9, config=SearchConfig(float_flat_max=0, nlist=64, nprobe=1, nprobe_max=64))
+    assert len(want) >= 300
+    assert len(set(zip(fixed.i.tolist(), fixed.j.tolist(), strict=True))) < len(want)
+    assert set(zip(bound.i.tolist(), bound.j.tolist(), strict=True)) == want
+    rows, lists = probe_lists(
+        x[:50], np.eye(64, 24, dtype=np.float32), 0.9, SearchConfig(nprobe=2, nprobe_max=8)
+    )
+    counts = np.bincount(rows, minlength=50)
+    assert counts.min() >= 2 and counts.max() <= 8 and len(np.unique(np.c_[rows, lists], axis=0)) == len(rows)

@@ -26,7 +26,6 @@ from emo8.cli import app
 from emo8.ingest.download import DownloadConfig
 from emo8.ingest.run import IngestOptions, ingest
 from emo8.ingest.sources import create_source
-from emo8.pipeline.demo import run as run_demo
 
 
 @pytest.fixture
@@ -295,27 +294,6 @@ def test_cli_init_ingest_status(tmp_path: Path, sample_paths: list[Path]) -> Non
 
 
 @pytest.mark.slow
-def test_demo_builds_a_workspace_offline(tmp_path: Path, sample_rows: list[dict[str, str]]) -> None:
-    assert run_demo(tmp_path / "demo") == 0
-    ws = Workspace.open(tmp_path / "demo" / "workspace")
-    counts = ws.status()
-    # the demo adds a resized and a mirrored copy of one sample, which dedup (issue 3) marks as duplicates
-    assert counts["status"] == {"valid": len(sample_rows), "duplicate": 2, "failed": 1}
-    items = ws.items(["item_id", "source_path", "status", "dup_of", "dup_tier"]).set_index("item_id")
-    name = items.source_path.fillna("").map(lambda p: Path(p).name)
-    original = items.index[name == "skm-0009.jpg"][0]
-    copies = items[items.status == "duplicate"]
-    assert (copies.dup_of == original).all()  # the original, registered first, stays canonical
-    assert dict(zip(name[copies.index], copies.dup_tier, strict=True)) == {
-        "zz-copy-resized-skm-0009.jpg": "perceptual",
-        "zz-copy-mirrored-skm-0009.jpg": "semantic",
-    }
-    assert counts["source"] == {
-        "folder": len(sample_rows) // 2 + 2,
-        "urls": len(sample_rows) - len(sample_rows) // 2 + 1,
-    }
-
-
 def test_cli_ingest_openverse_end_to_end(tmp_path: Path, sample_paths: list[Path]) -> None:
     """Search results from a local server in Openverse's wire format, images fetched from the same server."""
 

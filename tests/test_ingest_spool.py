@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from httpfixtures import LoopbackServer, respond
 from PIL import Image
 
@@ -103,8 +104,9 @@ def test_an_item_whose_bytes_changed_no_longer_attracts_merges(ws: Workspace) ->
     assert ws.catalog.apply([ItemOutcome(ids[2], "valid", sha256="dd" * 32)]) == {ids[2]: ids[0]}
 
 
+@pytest.mark.parametrize("transfer_mb", [64, 0])  # bodies through shared memory, or spooled to files
 def test_url_ingest_leaves_no_spooled_file_behind(
-    ws: Workspace, sample_paths: list[Path], tmp_path: Path
+    ws: Workspace, sample_paths: list[Path], tmp_path: Path, transfer_mb: int
 ) -> None:
     good = [p.read_bytes() for p in sample_paths[:3]]
     routes = {"/robots.txt": respond(b"", status=404)}
@@ -120,6 +122,7 @@ def test_url_ingest_leaves_no_spooled_file_behind(
             workers=2,
             progress=False,
             batch_size=2,
+            transfer_mb=transfer_mb,
         )
         summary = ingest(ws, create_source("urls", path=str(url_list)), options)
     assert summary.statuses["valid"] == 4 and summary.statuses["invalid"] == 1 and summary.merged == 1

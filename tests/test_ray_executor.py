@@ -7,6 +7,7 @@ bit for bit; the same person detections.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -27,7 +28,7 @@ from httpfixtures import Handler, LoopbackServer, delayed, distinct_jpegs, redir
 
 from emo8 import Workspace
 from emo8.core.catalog import SIGNAL_COLUMNS
-from emo8.core.executor import ExecutorConfig, ExecutorError, get_executor
+from emo8.core.executor import ExecutorConfig, ExecutorError, check_executor
 from emo8.embed.run import EmbedConfig, embed, load_embeddings
 from emo8.ingest.download import DownloadConfig
 from emo8.ingest.run import IngestOptions, ingest
@@ -44,7 +45,10 @@ ROW_COLUMNS = ["item_id", "url", "status", "reason", "http_status", "sha256", *S
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance() -> Iterator[str]:
     """One local Ray instance for the module; yields its address for subprocess drivers."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": always a new instance, even when another one runs on this machine
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -236,7 +240,7 @@ def test_a_killed_driver_is_finished_by_a_rerun(
 
 def test_unknown_executor_is_a_clear_error_before_anything_is_registered(tmp_path: Path) -> None:
     with pytest.raises(ExecutorError, match=r"Unknown executor 'spark'.*local, ray"):
-        get_executor(ExecutorConfig("spark"))
+        check_executor(ExecutorConfig("spark"))
     ws = Workspace.init(tmp_path / "ws")
     url_list = _write_list(tmp_path / "urls.csv", ["http://127.0.0.1:9/a.jpg"])
     with pytest.raises(ExecutorError):
@@ -307,7 +311,7 @@ def test_ray_person_detection_stores_what_the_local_one_stores(
 
 
 def test_every_host_belongs_to_one_shard_or_splits_its_limits() -> None:
-    from emo8.distributed.ray_ingest import host_of, plan_shards
+    from emo8.ingest.ray import host_of, plan_shards
 
     urls = [f"http://h{i % 7}.example/{i}.jpg" for i in range(70)]
     pending = pd.DataFrame({"item_id": [f"id{i}" for i in range(70)], "url": urls, "source_path": None})
@@ -329,3 +333,151 @@ def test_every_host_belongs_to_one_shard_or_splits_its_limits() -> None:
     assert len(single) == 4
     assert sum(s.download.per_host_concurrency for s in single) <= 4
     assert sum(s.download.per_host_rate or 0 for s in single) <= 2.0
+
+
+def test_executor_core_imports_no_stage_and_local_runs_never_import_ray() -> None:
+    """The kind registry lives in core (imports flow down only); each stage owns its Ray module, loaded on demand."""
+    code = (
+        "import sys, emo8.core.executor as e; "
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] != ['emo8', 'core'] and m.startswith('emo8.'))); "
+        "import emo8.ingest.run, emo8.embed.run, emo8.label.people; "
+        "print('ray' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "[]", out[0]  # core.executor pulled in no stage
+    assert out[1] == "False"  # registering the ray implementations does not import Ray
+    from emo8.embed.run import EMBED_EXECUTORS
+    from emo8.ingest.run import INGEST_EXECUTORS
+    from emo8.label.people import DETECT_EXECUTORS
+
+    for registry, module in [(INGEST_EXECUTORS, "emo8.ingest.ray"), (EMBED_EXECUTORS, "emo8.embed.ray"),
+                             (DETECT_EXECUTORS, "emo8.label.people_ray")]:  # fmt: skip
+        assert registry.kinds == ["local", "ray"]
+        assert registry.get(ExecutorConfig("ray")).__module__ == module
+    with pytest.raises(ExecutorError, match="Unknown executor 'spark'"):
+        INGEST_EXECUTORS.get(ExecutorConfig("spark"))
+
+
+#: A driver process for the killed-actor test: the real embedding actor, slowed to one batch per 0.4 s so that the
+#: test can kill it mid-run; everything Ray does happens in this process and ends with it.
+_SLOW_EMBED_DRIVER = """
+import sys, time
+import emo8.embed.ray as on_ray
+from emo8 import Workspace
+from emo8.core.executor import ExecutorConfig
+from emo8.embed.run import EmbedConfig, embed
+
+class SlowEncodeBatches(on_ray.EncodeBatches):
+    def __call__(self, rows):
+        time.sleep(0.4)
+        return super().__call__(rows)
+
+on_ray.EncodeBatches = SlowEncodeBatches
+config = EmbedConfig(device="cpu", workers=0, batch_size=2, shard_size=2, dtype="float32", compact=False,
+                     progress=False, executor=ExecutorConfig("ray", ray_address=sys.argv[2]))
+summary = embed(Workspace.open(sys.argv[1]), config)
+print("RESULT", summary.new, len(summary.failed))
+"""
+
+
+def _encode_actors() -> dict[int, psutil.Process]:
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if "EncodeBatches" in " ".join(proc.info["cmdline"] or []) and proc.info["cmdline"][0].startswith(
+                "ray::"
+            ):
+                found[proc.pid] = proc
+    return found
+
+
+def test_ray_embedding_survives_a_killed_actor(
+    tmp_path: Path, sample_paths: list[Path], ray_instance: str
+) -> None:
+    """The driver runs in a subprocess (nothing of its Ray job can outlive it in pytest); the test SIGKILLs the
+    embedding actor once the first shard is committed. Ray Data restarts it and recomputes the lost batch: every
+    item is embedded once, with exactly the local numbers."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sample_paths[:20]:
+        shutil.copy(path, folder / path.name)
+    ws = Workspace.init(tmp_path / "ws")
+    ingest_folder(ws, folder)
+    shards = tmp_path / "ws" / "embeddings"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_EMBED_DRIVER, str(ws.root), ray_instance],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    killed: list[int] = []
+    seen_after: set[int] = set()
+    try:
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline:
+            actors = _encode_actors()
+            if not killed and actors and len(list(shards.rglob("shard-*.npy"))) >= 1:
+                pid, actor = next(iter(actors.items()))
+                actor.send_signal(signal.SIGKILL)
+                killed.append(pid)
+            elif killed:
+                seen_after.update(set(actors) - set(killed))
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert killed, "no embedding actor was seen before the run ended"
+    assert proc.returncode == 0, err[-3000:]
+    assert [line.split() for line in out.splitlines() if line.startswith("RESULT")] == [["RESULT", "20", "0"]]
+    assert seen_after, "no actor ran after the kill"  # Ray Data restarted it
+    ids, matrix = load_embeddings(ws, "efficientnet-lite0")
+    assert len(ids) == 20 and len(set(ids)) == 20  # nothing lost, nothing twice
+    local = Workspace.init(tmp_path / "local")
+    ingest_folder(local, folder)
+    embed(local, EmbedConfig(device="cpu", workers=0, batch_size=2, dtype="float32", progress=False))
+    local_ids, local_matrix = load_embeddings(local, "efficientnet-lite0")
+    assert ids == local_ids and np.asarray(matrix).tobytes() == np.asarray(local_matrix).tobytes()
+
+
+def test_ray_workers_write_and_read_an_object_store_at_a_url(
+    tmp_path: Path, sample_paths: list[Path]
+) -> None:
+    """Ray workers store downloads straight into a ``file://`` store and embed from it; the same rows and the same
+    numbers as the local executor with the default store."""
+    images = distinct_jpegs(sample_paths, 8)
+    routes: dict[str, Handler] = {f"/i/{i}.jpg": _jpeg(d) for i, d in enumerate(images)}
+    routes["/robots.txt"] = respond(b"", status=404)
+    bucket = (tmp_path / "bucket" / "objects").as_uri()
+    with LoopbackServer(routes) as srv:
+        url_list = _write_list(tmp_path / "urls.csv", [srv.url(f"/i/{i}.jpg") for i in range(len(images))])
+        local = _ingest(tmp_path / "local", url_list, _options(ExecutorConfig()))
+        Workspace.init(tmp_path / "ray", objects=bucket)
+        remote = _ingest(tmp_path / "ray", url_list, _options(RAY))
+    pd.testing.assert_frame_equal(local, remote)
+    stored = sorted(p.name for p in (tmp_path / "bucket" / "objects").rglob("*.jpg"))
+    assert stored == sorted(f"{s}.jpg" for s in remote.sha256)
+    assert not [p for p in (tmp_path / "ray" / "objects").rglob("*") if p.is_file()]  # nothing kept locally
+    vectors = {}
+    for kind, executor in (("local", ExecutorConfig()), ("ray", RAY)):
+        ws = Workspace.open(tmp_path / kind)
+        config = EmbedConfig(device="cpu", workers=0, batch_size=4, dtype="float32", progress=False,
+                             executor=executor)  # fmt: skip
+        assert embed(ws, config).new == len(images)
+        ids, matrix = load_embeddings(ws, "efficientnet-lite0")
+        vectors[kind] = (ids, np.asarray(matrix).tobytes())
+    assert vectors["ray"] == vectors["local"]
+
+
+def test_a_kind_whose_module_cannot_load_is_a_clear_error() -> None:
+    from emo8.core.executor import StageExecutors
+
+    stage: StageExecutors[object] = StageExecutors("demo")
+    stage.register("local", print)
+    stage.register("ray", "emo8.no_such_module:run")
+    assert stage.get(ExecutorConfig()) is print
+    with pytest.raises(ExecutorError, match=r"ray executor for demo cannot be loaded .*emo8\[ray\]"):
+        stage.get(ExecutorConfig("ray"))
+    other: StageExecutors[object] = StageExecutors("other")
+    other.register("local", print)
+    with pytest.raises(ExecutorError, match="cannot run on the 'ray' executor: choose one of local"):
+        other.get(ExecutorConfig("ray"))

@@ -661,3 +661,69 @@ def _votes_per_hour(created: pd.Series) -> float | None:
         return None
     hours = (stamps.max() - stamps.min()).total_seconds() / 3600.0
     return len(stamps) / hours if hours > 0 else None
+
+
+# -- completeness (what ``emo8 build`` waits for) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundCompletion:
+    """How far a round's answers are, from the catalog alone (no server): ``complete`` of ``tasks`` have at least
+    ``required`` answers (non-skipped votes); ``missing_answers`` are still needed. ``tasks`` are the round's
+    selected items plus the tasks pushed or imported for it (gold items included)."""
+
+    round: str
+    tasks: int
+    complete: int
+    required: int
+    answers: int
+    missing_answers: int
+    project_id: int | None
+    server_url: str | None
+    pulled_from: str | None
+    pulled_at: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.tasks > 0 and self.complete == self.tasks
+
+    @property
+    def project_url(self) -> str | None:
+        """The project's page on the server it was pushed to (None before a push)."""
+        if self.project_id is None or not self.server_url:
+            return None
+        return f"{self.server_url}/projects/{self.project_id}/data"
+
+
+def round_completion(
+    ws: Workspace, round_name: str, required: int | None = None, overlap: int = 3
+) -> RoundCompletion:
+    """Count the tasks of ``round_name`` that have ``required`` answers (default: the overlap the round was pushed
+    with, else ``overlap``). Raises :class:`RoundError` for a round that was neither selected nor pushed/imported."""
+    store = AnnotationStore(ws.catalog)
+    record = store.round(round_name)
+    selection = ws.catalog.selection(round_name)
+    if record is None and not selection:
+        raise RoundError(
+            f"no round {round_name!r}: choose its items with `emo8 select --budget N --round {round_name}` "
+            f"(or import a Label Studio export with `emo8 annotate import EXPORT.json --round {round_name}`)"
+        )
+    need = int(required or (record or {}).get("overlap") or overlap)
+    items = list(dict.fromkeys([*selection, *store.tasks(round_name)["item_id"].tolist()]))
+    frame = store.annotations([round_name])
+    votes = frame[~frame["was_cancelled"] & frame["choice"].notna()]
+    per_item = votes.groupby("item_id").size()
+    counts = np.asarray([int(per_item.get(i, 0)) for i in items], dtype=int)
+    record = record or {}
+    return RoundCompletion(
+        round=round_name,
+        tasks=len(items),
+        complete=int((counts >= need).sum()),
+        required=need,
+        answers=int(counts.sum()),
+        missing_answers=int(np.clip(need - counts, 0, None).sum()),
+        project_id=int(record["project_id"]) if record.get("project_id") else None,
+        server_url=record.get("server_url"),
+        pulled_from=record.get("pulled_from"),
+        pulled_at=record.get("pulled_at"),
+    )

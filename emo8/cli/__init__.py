@@ -7,6 +7,7 @@ same settings.
 
 from emo8.cli import (  # noqa: F401  (each module registers its commands on import)
     annotate,
+    build,
     dedup,
     embed,
     ingest,

@@ -27,14 +27,22 @@ def init(
     force: Annotated[
         bool, typer.Option("--force", help="Make a folder that already holds files a workspace anyway.")
     ] = False,
+    objects: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep the image bytes elsewhere: a shared folder or an fsspec URL (s3://bucket/emo8, file:///...); "
+            "fixed once the workspace exists (default: PATH/objects)."
+        ),
+    ] = None,
 ) -> None:
     """Create a workspace in a new or empty folder (idempotent on an existing workspace)."""
     problem = None if force else init_target_problem(path)
     if problem:
         fail(problem)
     with exit_on((WorkspaceError, 2)):
-        ws = Workspace.init(path)
-    out.print(f"workspace ready at {ws.root}")
+        ws = Workspace.init(path, objects=objects)
+    where = ws.objects.url or ws.objects.root
+    out.print(f"workspace ready at {ws.root} (objects: {where})")
 
 
 def init_target_problem(path: Path) -> str | None:

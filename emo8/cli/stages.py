@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from rich.markup import escape
 
 from emo8.cli.common import QUIET_HELP, exit_on, fail, out, warn
-from emo8.core.stage import Stage, StageSettings, Summary, field_meta
+from emo8.core.stage import Stage, StageSettings, Summary, field_meta, own_field_order, problem_text
 from emo8.core.workspace import Workspace, WorkspaceError
 
 __all__ = ["add_stage_command", "cli_settings", "print_summary", "settings_error_text"]
@@ -46,11 +46,10 @@ def _strip_optional(annotation: Any) -> tuple[Any, bool]:
 
 def _cli_type(annotation: Any) -> tuple[Any, click.ParamType | None, bool]:
     """The Python type Typer should see, a click type for choices, and whether the option repeats."""
-    inner, optional = _strip_optional(annotation)
+    inner, _optional = _strip_optional(annotation)
     origin = typing.get_origin(inner)
-    if origin is Literal:
-        choices = [str(v) for v in typing.get_args(inner)]
-        return (str | None if optional else str), click.Choice(choices), False
+    if origin is Literal:  # Typer shows and checks the choices itself (it has no click_type= any more)
+        return annotation, None, False
     if origin in (list, tuple):
         item = typing.get_args(inner)[0]
         item_type, choice, _ = _cli_type(item)
@@ -99,7 +98,7 @@ def settings_error_text(error: ValidationError, where: str = "option") -> str:
     for problem in error.errors():
         loc = ".".join(str(x) for x in problem["loc"])
         label = _option_name(loc) if where == "option" else loc
-        parts.append(f"{label}: {problem['msg']}")
+        parts.append(f"{label}: {problem_text(problem)}")
     return "; ".join(parts)
 
 
@@ -154,28 +153,50 @@ def run_stage_command(
     return summary
 
 
-def add_stage_command(app: typer.Typer, stage: Stage[Any, Any], name: str | None = None) -> None:
-    """Add ``stage`` to ``app`` as command ``name`` (default: the last part of ``stage.command``)."""
+def given_values(values: dict[str, Any], ctx: typer.Context) -> dict[str, Any]:
+    """The ``values`` the user gave (command line, environment): an option left at its default stays out, so the
+    settings' ``model_fields_set`` names what was asked for, as for a pipeline step that names only some settings
+    (``uniemox pretrain --resume`` compares only those with the checkpoint)."""
+
+    def given(name: str) -> bool:  # by name: typer may bring its own copy of click's ParameterSource
+        source = ctx.get_parameter_source(name)
+        return source is None or source.name != "DEFAULT"
+
+    return {k: v for k, v in values.items() if given(k)}
+
+
+def add_stage_command(
+    app: typer.Typer,
+    stage: Stage[Any, Any],
+    name: str | None = None,
+    quiet_flags: tuple[str, ...] = ("--quiet", "-q"),
+) -> None:
+    """Add ``stage`` to ``app`` as command ``name`` (default: the last part of ``stage.command``).
+
+    ``quiet_flags``: the spellings of ``--quiet`` (a command may keep an older one, e.g. ``--no-progress``).
+    A stage with ``workspace=False`` gets no ``--workspace`` option."""
     from emo8.cli.common import WorkspaceOpt
 
-    params = [
-        inspect.Parameter(
-            "workspace", inspect.Parameter.KEYWORD_ONLY, default=Path("."), annotation=WorkspaceOpt
+    params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+    if stage.workspace:
+        params.append(
+            inspect.Parameter(
+                "workspace", inspect.Parameter.KEYWORD_ONLY, default=Path("."), annotation=WorkspaceOpt
+            )
         )
-    ]
-    params += [_parameter(stage.settings, field) for field in stage.settings.model_fields]
+    params += [_parameter(stage.settings, field) for field in own_field_order(stage.settings)]
     params.append(
         inspect.Parameter(
             "quiet",
             inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+            default=typer.Option(False, *quiet_flags, help=QUIET_HELP),
             annotation=bool,
         )
     )
 
     def command(**kwargs: Any) -> None:
-        workspace, quiet = kwargs.pop("workspace", Path(".")), kwargs.pop("quiet")
-        run_stage_command(stage, workspace, quiet, kwargs)
+        ctx, workspace, quiet = kwargs.pop("ctx"), kwargs.pop("workspace", Path(".")), kwargs.pop("quiet")
+        run_stage_command(stage, workspace, quiet, given_values(kwargs, ctx))
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}

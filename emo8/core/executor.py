@@ -1,31 +1,38 @@
-"""Where the parallel stages run: a registry of executors, chosen by :class:`ExecutorConfig`.
+"""Where the parallel stages run: the executor kinds, :class:`ExecutorConfig`, and a per-stage registry.
 
 ``local`` (the default) runs the stages as they always ran: a process pool and one asyncio downloader on this
 machine. ``ray`` runs them on a Ray cluster (``pip install emo8[ray]``): a fresh local Ray instance with this
 machine's CPUs when ``ray_address`` is ``None``, or a running cluster (``"auto"`` or ``"ray://host:10001"`` /
-a GCS address). The catalog is always written by the driver alone; see :mod:`emo8.distributed.ray_ingest`.
+a GCS address). The catalog is always written by the driver alone.
+
+This module imports no stage. Each stage owns its implementations and registers them in its own
+:class:`StageExecutors`, keyed by executor kind: ``emo8.ingest.run.INGEST_EXECUTORS`` (Ray: :mod:`emo8.ingest.ray`),
+``emo8.embed.run.EMBED_EXECUTORS`` (Ray: :mod:`emo8.embed.ray`) and ``emo8.label.people.DETECT_EXECUTORS``
+(Ray: :mod:`emo8.label.people_ray`). An implementation may be registered as a ``"module:attribute"`` string,
+imported only when that kind is chosen, so Ray is never imported by a local run.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Generic, TypeVar
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+__all__ = [
+    "EXECUTOR_KINDS",
+    "ExecutorConfig",
+    "ExecutorError",
+    "StageExecutors",
+    "check_executor",
+    "ray_session",
+    "register_kind",
+    "require_shared_store",
+]
 
-    import numpy as np
-    import pandas as pd
-
-    from emo8.core.workspace import ObjectStore, Workspace
-    from emo8.embed.encoders import Encoder
-    from emo8.embed.run import EmbedConfig
-    from emo8.ingest.run import IngestOptions, OutcomeSink
-    from emo8.label.people import DetectConfig, Detector, RowResult
-
-__all__ = ["EXECUTORS", "Executor", "ExecutorConfig", "ExecutorError", "get_executor", "register_executor"]
+T = TypeVar("T")
 
 
 class ExecutorError(RuntimeError):
@@ -39,7 +46,8 @@ class ExecutorConfig:
     ``num_cpus`` sizes a local Ray instance (``None``: every CPU); ``shards`` is how many host shards ingest
     is split into (``None``: the cluster's CPUs); ``chunk_size`` items go to one Ray task; ``task_retries``
     is how often a task whose worker died is run again. ``chunk_size`` defaults to ``EMO8_RAY_CHUNK_SIZE``
-    (256 when unset): smaller chunks commit sooner, larger ones fetch each host's robots.txt less often.
+    (256 when unset): smaller chunks commit sooner, larger ones cost fewer task round trips and fetch each
+    host's robots.txt less often.
     """
 
     kind: str = "local"
@@ -50,89 +58,130 @@ class ExecutorConfig:
     task_retries: int = 3
 
 
-class Executor(Protocol):
-    """What an executor offers the stages."""
-
-    def ingest_pending(
-        self, ws: Workspace, pending: pd.DataFrame, options: IngestOptions, sink: OutcomeSink
-    ) -> None:
-        """Fetch, validate and store the ``pending`` catalog rows; hand every outcome to ``sink``."""
-
-    def embed_batches(
-        self, encoder: Encoder, paths: Sequence[str], config: EmbedConfig
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield ``(indices, ok, embeddings)`` for consecutive batches of ``config.batch_size`` paths, in order
-        (see :func:`emo8.embed.run.iter_embeddings`); the same batches give the same numbers on any executor."""
-
-    def detect_batches(
-        self, store: ObjectStore, config: DetectConfig, chunks: Sequence[Sequence[Any]], detector: Detector
-    ) -> Iterator[list[RowResult]]:
-        """Detect people in each chunk of ``(item_id, sha256, format, width, height)`` rows; one list per chunk,
-        in order (see :func:`emo8.label.people.detect_row`); ``detector`` is used where it was created (local)."""
+def _always(config: ExecutorConfig) -> None:
+    """The local executor needs nothing."""
 
 
-EXECUTORS: dict[str, Callable[[ExecutorConfig], Executor]] = {}
+def _needs_ray(config: ExecutorConfig) -> None:
+    if importlib.util.find_spec("ray") is None:
+        raise ExecutorError(
+            "The ray executor needs Ray, which is not installed. Install it with `pip install 'emo8[ray]'`, "
+            "or run with --executor local."
+        )
 
 
-def register_executor(
-    kind: str,
-) -> Callable[[Callable[[ExecutorConfig], Executor]], Callable[[ExecutorConfig], Executor]]:
-    """Register an executor factory under ``kind`` (decorator)."""
-
-    def add(factory: Callable[[ExecutorConfig], Executor]) -> Callable[[ExecutorConfig], Executor]:
-        EXECUTORS[kind] = factory
-        return factory
-
-    return add
+#: Executor kind -> availability check (raises :class:`ExecutorError` when the kind cannot run here).
+EXECUTOR_KINDS: dict[str, Callable[[ExecutorConfig], None]] = {"local": _always, "ray": _needs_ray}
 
 
-@register_executor("local")
-class LocalExecutor:
-    """This machine: a fork process pool for decoding, one asyncio event loop for downloads."""
+def register_kind(kind: str, check: Callable[[ExecutorConfig], None] = _always) -> None:
+    """Make ``kind`` a known executor kind; ``check`` raises :class:`ExecutorError` when it cannot run."""
+    EXECUTOR_KINDS[kind] = check
+
+
+def check_executor(config: ExecutorConfig) -> None:
+    """Raise :class:`ExecutorError` for an unknown kind or one that cannot run here (e.g. Ray not installed)."""
+    check = EXECUTOR_KINDS.get(config.kind)
+    if check is None:
+        raise ExecutorError(
+            f"Unknown executor {config.kind!r}: choose one of {', '.join(sorted(EXECUTOR_KINDS))}."
+        )
+    check(config)
+
+
+class StageExecutors(Generic[T]):
+    """One stage's implementations, keyed by executor kind.
+
+    An implementation is registered as the object itself or as a ``"package.module:attribute"`` string that is
+    imported on first use (so a kind's heavy dependencies load only when it is chosen).
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self._impls: dict[str, T | str] = {}
+
+    def register(self, kind: str, impl: T | str) -> None:
+        """Register ``impl`` (or its ``"module:attribute"`` name) as this stage's ``kind`` implementation."""
+        self._impls[kind] = impl
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._impls)
+
+    def get(self, config: ExecutorConfig) -> T:
+        """This stage's implementation for ``config.kind``; :class:`ExecutorError` if unknown or unavailable."""
+        check_executor(config)
+        impl = self._impls.get(config.kind)
+        if impl is None:
+            raise ExecutorError(
+                f"The {self.stage} stage cannot run on the {config.kind!r} executor: "
+                f"choose one of {', '.join(self.kinds)}."
+            )
+        if isinstance(impl, str):
+            module, _, name = impl.partition(":")
+            try:
+                loaded: T = getattr(importlib.import_module(module), name)
+            except ImportError as exc:  # the kind's own dependency is missing or broken
+                raise ExecutorError(
+                    f"The {config.kind} executor for {self.stage} cannot be loaded ({exc}). "
+                    f"Install its extra (`pip install 'emo8[{config.kind}]'`), or run with --executor local."
+                ) from exc
+            self._impls[config.kind] = impl = loaded
+        return impl
+
+
+def require_shared_store(shared: bool, url: str | None) -> None:
+    """Raise :class:`ExecutorError` when the object store lives in this process only (``memory://``): Ray workers
+    are other processes, on other machines."""
+    if not shared:
+        raise ExecutorError(
+            f"The object store {url} lives in this process only; Ray workers cannot reach it. "
+            "Use the local executor, or a store on a shared filesystem or an object store URL."
+        )
+
+
+class ray_session:
+    """Connect to the cluster ``config`` names (or start a local instance); shut down only what it started.
+
+    Ray is imported here, on entry, never when this module is imported.
+    """
 
     def __init__(self, config: ExecutorConfig) -> None:
         self.config = config
+        self.started = False
 
-    def ingest_pending(
-        self, ws: Workspace, pending: pd.DataFrame, options: IngestOptions, sink: OutcomeSink
-    ) -> None:
-        from emo8.ingest.run import run_local_pending
+    def __enter__(self) -> ray_session:
+        import ray
 
-        run_local_pending(ws, pending, options, sink)
+        if ray.is_initialized():
+            return self
+        local = self.config.ray_address is None
+        try:
+            ray.init(
+                address=self.config.ray_address
+                or "local",  # "local": a new instance, even beside a running one
+                num_cpus=(self.config.num_cpus or os.cpu_count() or 1) if local else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except ConnectionError as exc:
+            raise ExecutorError(
+                f"Cannot reach the Ray cluster at {self.config.ray_address!r} ({exc}); start it, "
+                "check --ray-address, or leave it out to start a local Ray instance."
+            ) from exc
+        self.started = True
+        return self
 
-    def embed_batches(
-        self, encoder: Encoder, paths: Sequence[str], config: EmbedConfig
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        from emo8.embed.run import iter_embeddings
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            import ray
 
-        return iter_embeddings(encoder, paths, batch_size=config.batch_size, workers=config.workers,
-                               preprocess=config.preprocess)  # fmt: skip
+            ray.shutdown()
 
-    def detect_batches(
-        self, store: ObjectStore, config: DetectConfig, chunks: Sequence[Sequence[Any]], detector: Detector
-    ) -> Iterator[list[RowResult]]:
-        from emo8.label.people import detect_batches_local
+    @staticmethod
+    def resources() -> dict[str, Any]:
+        """The connected cluster's total resources (``CPU``, ``GPU``, ...)."""
+        import ray
 
-        return detect_batches_local(store, config, chunks, detector)
-
-
-@register_executor("ray")
-def _ray_executor(config: ExecutorConfig) -> Executor:
-    try:
-        from emo8.distributed.ray_ingest import RayExecutor
-    except ImportError as exc:  # ray itself missing
-        raise ExecutorError(
-            f"The ray executor needs Ray ({exc}). Install it with `pip install 'emo8[ray]'`, "
-            "or run with --executor local."
-        ) from exc
-    return RayExecutor(config)
-
-
-def get_executor(config: ExecutorConfig) -> Executor:
-    """The executor ``config.kind`` names; :class:`ExecutorError` for an unknown kind."""
-    factory = EXECUTORS.get(config.kind)
-    if factory is None:
-        raise ExecutorError(
-            f"Unknown executor {config.kind!r}: choose one of {', '.join(sorted(EXECUTORS))}."
-        )
-    return factory(config)
+        return dict(ray.cluster_resources())

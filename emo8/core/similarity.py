@@ -35,6 +35,11 @@ import pandas as pd
 TIER_PRIORITY = {"exact": 0, "perceptual": 1, "verified": 2, "semantic": 3, "semdedup": 4}
 
 
+#: Matches each item keeps per dedup tier when it has more (the best-ranked ones, see ``SearchConfig.max_neighbours``):
+#: bounds the pairs of huge groups of look-alikes to ``n * MAX_NEIGHBOURS``.
+MAX_NEIGHBOURS = 64
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Index choice and memory bounds of the searches.
@@ -48,7 +53,14 @@ class SearchConfig:
     nlist
         Inverted lists of the IVF partition (0 = ``2 * sqrt(n)``, between 16 and 8192).
     nprobe
-        Lists each query probes.
+        Lists each query probes at least.
+    nprobe_max
+        Lists a query of the cosine range search may probe at most (0: exactly ``nprobe``). Beyond its ``nprobe``
+        nearest lists a query probes each further list that can hold a row within the threshold: by the triangle
+        inequality on angles, a row ``x`` with ``angle(q, x) <= t`` (``t = acos(threshold)``) lies in a list whose
+        centroid is within ``angle(q, nearest centroid) + 2 t`` of ``q`` (``x``'s own centroid is at least as
+        close to ``x`` as ``q``'s nearest one). ``probe_slack`` scales that ``2 t`` (1: the exact bound; smaller
+        probes fewer lists); queries near a boundary between lists probe more of them, the others fewer.
     kmeans_iterations, kmeans_points_per_list
         Training of the coarse quantizer (on a seeded random sample).
     memory_budget_gb
@@ -70,6 +82,8 @@ class SearchConfig:
     float_flat_max: int = 20_000
     nlist: int = 0
     nprobe: int = 4
+    nprobe_max: int = 16
+    probe_slack: float = 1.0
     kmeans_iterations: int = 10
     kmeans_points_per_list: int = 40
     memory_budget_gb: float = 2.0
@@ -540,13 +554,42 @@ def train_quantizer(matrix: Matrix, nlist: int, config: SearchConfig) -> np.ndar
 
 def assign_lists(matrix: Matrix, centroids: np.ndarray, k: int, config: SearchConfig) -> np.ndarray:
     """Return the ``(n, k)`` nearest centroids of each row (blockwise)."""
+    return _nearest_lists(matrix, centroids, k, config)[1]
+
+
+def _nearest_lists(
+    matrix: Matrix, centroids: np.ndarray, k: int, config: SearchConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, k)`` cosines to and indices of the nearest centroids of each row (blockwise)."""
     quantizer = faiss.IndexFlatIP(centroids.shape[1])
     quantizer.add(centroids)
+    sims = np.empty((len(matrix), k), dtype=np.float32)
     out = np.empty((len(matrix), k), dtype=np.int64)
     step = _rows_per_block(matrix.shape[1], config, 0.1)
     for start in range(0, len(matrix), step):
-        _, out[start : start + step] = quantizer.search(_f32(matrix[start : start + step]), k)
-    return out
+        sims[start : start + step], out[start : start + step] = quantizer.search(
+            _f32(matrix[start : start + step]), k
+        )
+    return sims, out
+
+
+def probe_lists(
+    queries: Matrix, centroids: np.ndarray, min_similarity: float, config: SearchConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, lists)``: the lists each query probes in a range search at ``min_similarity`` (see
+    ``SearchConfig.nprobe_max``), as two flat arrays."""
+    nlist = len(centroids)
+    nprobe = min(config.nprobe, nlist)
+    most = min(max(config.nprobe_max, nprobe), nlist)
+    sims, lists = _nearest_lists(queries, centroids, most, config)
+    keep = np.zeros(sims.shape, bool)
+    keep[:, :nprobe] = True
+    if most > nprobe:
+        reach = config.probe_slack * 2.0 * math.acos(min(1.0, max(-1.0, min_similarity)))
+        angles = np.arccos(np.clip(sims, -1.0, 1.0))
+        keep |= angles <= angles[:, :1] + reach
+    rows = np.repeat(np.arange(len(queries)), keep.sum(axis=1))
+    return rows, lists[keep]
 
 
 def _cosine_ivf(
@@ -559,15 +602,12 @@ def _cosine_ivf(
 ) -> Pairs:
     n, dim = matrix.shape
     nlist = config.nlist or int(np.clip(2 * math.sqrt(n), 16, 8192))
-    nprobe = min(config.nprobe, nlist)
     centroids = train_quantizer(matrix, nlist, config)
     db_list = assign_lists(matrix, centroids, 1, config)[:, 0]
     q_all = matrix if queries is None else queries
-    q_lists = assign_lists(q_all, centroids, nprobe, config)
+    q_rows, q_flat = probe_lists(q_all, centroids, min_similarity, config)
     db_order = np.argsort(db_list, kind="stable")
     db_bounds = np.searchsorted(db_list[db_order], np.arange(nlist + 1))
-    q_flat = q_lists.ravel()
-    q_rows = np.repeat(np.arange(len(q_all)), nprobe)
     q_order = np.argsort(q_flat, kind="stable")
     q_bounds = np.searchsorted(q_flat[q_order], np.arange(nlist + 1))
     step = _rows_per_block(dim, config)

@@ -16,25 +16,28 @@ world's (exit 1), and which workspace artifacts it reads and writes (for ``emo8 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 if TYPE_CHECKING:
     from emo8.core.workspace import Workspace
 
 __all__ = [
     "STAGES",
+    "CommaList",
     "Stage",
     "StageError",
     "StageSettings",
     "Summary",
     "get_stage",
+    "problem_text",
     "register_stage",
     "setting",
     "settings_fingerprint",
@@ -59,6 +62,7 @@ def setting(
     short: str | None = None,
     argument: bool = False,
     fingerprint: bool = True,
+    path_like: bool = False,
     ge: float | None = None,
     le: float | None = None,
     gt: float | None = None,
@@ -70,17 +74,50 @@ def setting(
     ``flag`` overrides the CLI option name (default ``--field-name``; for a boolean ``"--x"`` gives a flag
     without a ``--no-x`` twin), ``short`` adds a one-letter alias, ``argument`` makes it a positional CLI
     argument. ``fingerprint=False`` marks a setting that cannot change the result (workers, device, progress):
-    ``emo8 build`` does not re-run a stage when only such a setting changed.
+    ``emo8 build`` does not re-run a stage when only such a setting changed. ``path_like`` marks a text setting
+    that may name a local file or folder (or something else: a Hub id, an architecture): in a pipeline file a
+    relative value that exists next to the file resolves against the file's folder, as ``Path`` settings do.
     """
-    extra: Any = {"flag": flag, "short": short, "argument": argument, "fingerprint": fingerprint}
+    extra: Any = {
+        "flag": flag, "short": short, "argument": argument, "fingerprint": fingerprint, "path_like": path_like,
+    }  # fmt: skip
     bounds: Any = {k: v for k, v in (("ge", ge), ("le", le), ("gt", gt), ("lt", lt)) if v is not None}
     return Field(default, description=help, examples=examples, json_schema_extra=extra, **bounds)
+
+
+def comma_list(value: Any) -> Any:
+    """``"a,b"``, ``["a", "b,c"]`` -> ``("a", "b", "c")`` (blanks dropped): a repeated CLI option whose values may
+    also be comma-separated, or a pipeline's string or list. Anything else passes on to the type check."""
+    items = (value,) if isinstance(value, str) else value
+    if isinstance(items, (list, tuple)) and all(isinstance(item, str) for item in items):
+        return tuple(part.strip() for item in items for part in item.split(",") if part.strip())
+    return value
+
+
+#: A tuple-of-names setting: repeat the CLI option or separate values with commas; a pipeline gives a list or a string.
+CommaList = Annotated[tuple[str, ...], BeforeValidator(comma_list)]
+
+
+def own_field_order(model: type[BaseModel]) -> list[str]:
+    """The model's fields for display: positional arguments, then the model's own fields, then inherited ones
+    (pydantic lists inherited fields first; a reader wants what is special about a stage first)."""
+    own = set(inspect.get_annotations(model))
+    fields = list(model.model_fields)
+    arguments = [f for f in fields if field_meta(model, f)["argument"]]
+    rest = [f for f in fields if f not in arguments]
+    return arguments + [f for f in rest if f in own] + [f for f in rest if f not in own]
 
 
 def field_meta(model: type[BaseModel], name: str) -> dict[str, Any]:
     """The :func:`setting` extras of field ``name`` (flag, short, argument, fingerprint)."""
     extra = model.model_fields[name].json_schema_extra
-    meta: dict[str, Any] = {"flag": None, "short": None, "argument": False, "fingerprint": True}
+    meta: dict[str, Any] = {
+        "flag": None,
+        "short": None,
+        "argument": False,
+        "fingerprint": True,
+        "path_like": False,
+    }
     if isinstance(extra, dict):
         meta.update(extra)
     return meta
@@ -94,6 +131,12 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in sorted(value.items())}
     return value
+
+
+def problem_text(problem: Any) -> str:
+    """One pydantic error's message for a user (pydantic's "Value error, " prefix removed)."""
+    message = str(problem["msg"])
+    return message.removeprefix("Value error, ")
 
 
 def settings_fingerprint(settings: StageSettings) -> str:

@@ -355,9 +355,7 @@ def purge(ws: Workspace, takedown_id: str, result: TakedownResult | None = None)
     for sha256, fmt in zip(gone["sha256"], gone["format"], strict=True):
         if not present(sha256):
             continue
-        path = ws.object_path(str(sha256), fmt if present(fmt) else None)
-        if path.exists():
-            path.unlink()
+        if ws.objects.delete(str(sha256), fmt if present(fmt) else None):  # at a URL too, and its cached copy
             deleted += 1
     hashes = {str(h) for h in gone["sha256"] if present(h)}
     reports = []
@@ -443,9 +441,7 @@ def _repurge(ws: Workspace) -> None:
     ids = {row[0] for row in purged}
     for sha256, fmt, takedown_id in zip(items["sha256"], items["format"], items["takedown_id"], strict=True):
         if takedown_id in ids and present(sha256):
-            path = ws.object_path(str(sha256), fmt if present(fmt) else None)
-            if path.exists():
-                path.unlink()
+            ws.objects.delete(str(sha256), fmt if present(fmt) else None)
 
 
 def removal_reasons(ws: Workspace) -> dict[str, str]:

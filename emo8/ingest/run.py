@@ -17,8 +17,15 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +33,13 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from emo8.core.catalog import SIGNAL_COLUMNS, ItemOutcome, OriginRecord
-from emo8.core.executor import ExecutorConfig, get_executor
+from emo8.core.executor import ExecutorConfig, StageExecutors
 from emo8.core.imaging import ImageInfo, ValidationConfig, inspect_image
 from emo8.core.takedown import enforce
 from emo8.core.workspace import ObjectStore, Workspace
 from emo8.ingest.download import DownloadConfig, FetchRequest, FetchResult, fetch_stream
 from emo8.ingest.sources import Source, read_local
+from emo8.ingest.transfer import Shared, TransferArena, attach, read_shared
 
 #: Fetch failures that are a site's policy (or our SSRF guard), not an error: recorded as ``skipped``.
 POLICY_REASONS = frozenset({"robots_txt", "x_robots_tag", "private_address"})
@@ -49,6 +57,8 @@ class IngestOptions:
     workers: int = max(1, os.cpu_count() or 1)
     commit_every: int = 256
     batch_size: int = 16
+    #: shared memory (MiB) through which downloaded bodies reach the decode workers; 0 spools them to files
+    transfer_mb: int = 64
     retry_failed: bool = False
     register_chunk: int = 5000
     progress: bool = True
@@ -105,7 +115,7 @@ def ingest(ws: Workspace, source: Source, options: IngestOptions | None = None) 
     finishes what was pending. Returns an :class:`IngestSummary`.
     """
     options = options or IngestOptions()
-    get_executor(options.executor)  # an unknown or unavailable executor fails before anything is registered
+    INGEST_EXECUTORS.get(options.executor)  # an unknown or unavailable executor fails before registering
     summary = IngestSummary(source=source.name)
     started = time.perf_counter()
     for chunk in _chunked(source.records(), options.register_chunk):
@@ -148,11 +158,11 @@ def process_pending(
         return summary
     sink = _OutcomeSink(ws, options.commit_every, summary)
     sink.where = dict(zip(pending.item_id, pending.url.fillna(pending.source_path).fillna(""), strict=True))
-    executor = get_executor(options.executor)
+    run_pending = INGEST_EXECUTORS.get(options.executor)
     with _progress(options.progress, len(pending)) as progress:
         sink.progress = progress
         try:
-            executor.ingest_pending(ws, pending, options, sink)
+            run_pending(ws, pending, options, sink)
         finally:
             sink.flush()
     # copies of images taken down earlier never stay: removed now, and purged bytes that came back deleted again
@@ -215,11 +225,7 @@ def _check_spooled(source: Spooled, config: ValidationConfig, store: ObjectStore
         sha256 = hashlib.sha256(data).hexdigest()
         info = inspect_image(data, config)
         if info.ok:
-            target = store.path(sha256, info.format)
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(source.path, target)
-                new = True
+            new = store.put_spooled(source.path, data, info.format, sha256)
         return Checked(sha256, info, len(data) if new else 0)
     finally:
         if not new:
@@ -227,7 +233,9 @@ def _check_spooled(source: Spooled, config: ValidationConfig, store: ObjectStore
                 os.unlink(source.path)
 
 
-def check_and_store(source: bytes | str | Spooled, config: ValidationConfig, store: ObjectStore) -> Checked:
+def check_and_store(
+    source: bytes | str | Spooled | Shared, config: ValidationConfig, store: ObjectStore
+) -> Checked:
     """Validate downloaded bytes (or a :class:`Spooled` download), or the bytes at a local locator (a file path
     or ``hf://...``), and store them if valid; runs in a decode worker, so reading, decoding and writing all
     happen off the event loop.
@@ -236,6 +244,8 @@ def check_and_store(source: bytes | str | Spooled, config: ValidationConfig, sto
     """
     if isinstance(source, Spooled):
         return _check_spooled(source, config, store)
+    if isinstance(source, Shared):
+        source = read_shared(source)
     if isinstance(source, bytes):
         data = source
     else:
@@ -308,22 +318,32 @@ def run_local_pending(
     """The ``local`` executor: local files through the decode pool, then URLs through one asyncio downloader."""
     remote = pending[pending.url.notna()]
     local = pending[pending.url.isna() & pending.source_path.notna()]
-    with _decode_pool(options.workers) as pool:
+    arena = TransferArena(options.transfer_mb << 20) if len(remote) and options.transfer_mb > 0 else None
+    # a store only this process sees (memory://) is written by threads of this process, not forked workers
+    with _decode_pool(options.workers, arena, threads=not ws.objects.shared) as pool:
         if len(local):
             _process_local(ws, local, options, pool, sink)
         if len(remote):
-            asyncio.run(_process_remote(ws, remote, options, pool, sink))
+            asyncio.run(_process_remote(ws, remote, options, pool, sink, arena))
+
+
+#: How an executor runs ingest's fetch-validate-store step: ``(ws, pending rows, options, sink) -> None``.
+PendingRunner = Callable[[Workspace, pd.DataFrame, IngestOptions, _OutcomeSink], None]
+#: Ingest's implementation per executor kind (see :mod:`emo8.core.executor`); Ray's in :mod:`emo8.ingest.ray`.
+INGEST_EXECUTORS: StageExecutors[PendingRunner] = StageExecutors("ingest")
+INGEST_EXECUTORS.register("local", run_local_pending)
+INGEST_EXECUTORS.register("ray", "emo8.ingest.ray:ingest_pending")
 
 
 def check_batch(
-    sources: list[bytes | str | Spooled], config: ValidationConfig, store: ObjectStore
+    sources: list[bytes | str | Spooled | Shared], config: ValidationConfig, store: ObjectStore
 ) -> list[Checked]:
     """:func:`check_and_store` over a batch (one round trip to a worker per batch, not per image)."""
     return [check_and_store(source, config, store) for source in sources]
 
 
 def _process_local(
-    ws: Workspace, rows: pd.DataFrame, options: IngestOptions, pool: ProcessPoolExecutor, sink: _OutcomeSink
+    ws: Workspace, rows: pd.DataFrame, options: IngestOptions, pool: Executor, sink: _OutcomeSink
 ) -> None:
     """Validate local origins in the pool (workers read the files themselves), a bounded number in flight."""
     in_flight: dict[Future[list[Checked]], list[str]] = {}
@@ -344,12 +364,18 @@ def _process_local(
 
 
 async def _process_remote(
-    ws: Workspace, rows: pd.DataFrame, options: IngestOptions, pool: ProcessPoolExecutor, sink: _OutcomeSink
+    ws: Workspace,
+    rows: pd.DataFrame,
+    options: IngestOptions,
+    pool: Executor,
+    sink: _OutcomeSink,
+    arena: TransferArena | None = None,
 ) -> None:
     """Download remote origins; bodies go to the pool in batches for validation while the next ones download.
 
     A batch is sent when it is full, or after half a second, so a slow or rate-limited host never holds
-    downloaded images back for long.
+    downloaded images back for long. Its bodies travel in ``arena`` (shared memory, see
+    :mod:`emo8.ingest.transfer`), or as spooled files when there is no arena or no room in it.
     """
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(options.workers * 3)  # batches in flight
@@ -358,15 +384,18 @@ async def _process_remote(
 
     async def validate(results: list[FetchResult]) -> None:
         try:
-            sources: list[bytes | str | Spooled] = [
-                spool(r.data, ws.objects) for r in results if r.data is not None
-            ]
+            bodies = [r.data for r in results if r.data is not None]
+            placed = arena.place(bodies) if arena is not None else None
+            sources: list[bytes | str | Spooled | Shared]
+            sources = list(placed[1]) if placed else [spool(body, ws.objects) for body in bodies]
             for r in results:
-                r.data = None  # the bytes live in the spooled file now
+                r.data = None  # the bytes live in the arena or in the spooled file now
             try:
                 checked = await loop.run_in_executor(
                     pool, check_batch, sources, options.validation, ws.objects
                 )
+                if placed and arena is not None:
+                    arena.release(placed[0])  # only once the workers are done (never after a failure)
             except BaseException:  # cancelled or failed: no spooled file is left behind in tmp/
                 for source in sources:
                     if isinstance(source, Spooled):
@@ -416,15 +445,29 @@ async def _process_remote(
 class _decode_pool:
     """A process pool for decoding, started (forked) before any thread or event loop exists."""
 
-    def __init__(self, workers: int) -> None:
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    def __init__(self, workers: int, arena: TransferArena | None = None, threads: bool = False) -> None:
+        self.arena = arena
+        fork = multiprocessing.get_context("fork")
+        self.pool: Executor
+        if threads:
+            if arena is not None:
+                attach(arena.memory)  # the threads share this process's view of the arena
+            self.pool = ThreadPoolExecutor(max_workers=workers)
+        elif arena is None:
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=fork)
+        else:  # the initializer's argument is forked, not pickled: the workers share the arena's memory
+            self.pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=fork, initializer=attach, initargs=(arena.memory,)
+            )
 
-    def __enter__(self) -> ProcessPoolExecutor:
+    def __enter__(self) -> Executor:
         self.pool.submit(os.getpid).result()  # with "fork", the first submit launches every worker
         return self.pool
 
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.arena is not None:
+            self.arena.close()
 
 
 def _progress(enabled: bool, total: int) -> Progress:

@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image
 
 from emo8.core.catalog import utc_now
-from emo8.core.executor import ExecutorConfig, get_executor
+from emo8.core.executor import ExecutorConfig, StageExecutors
 from emo8.core.imaging import load_rgb
 from emo8.core.workspace import ObjectStore, Workspace
 
@@ -514,7 +514,7 @@ def detect_row(detector: Detector, store: ObjectStore, max_side: int, row: _Row)
     item_id, sha256, fmt, width, height = row
     try:
         # the catalog's width/height are the original size after EXIF orientation, as load_rgb decodes it
-        image = np.asarray(load_rgb(store.path(sha256, fmt), max_side=max_side))
+        image = np.asarray(load_rgb(store.source(sha256, fmt), max_side=max_side))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return item_id, None, f"{type(exc).__name__}: {exc}", 0, 0, 1.0, 1.0
     w, h = int(width or image.shape[1]), int(height or image.shape[0])
@@ -542,6 +542,17 @@ def detect_batches_local(
     with ThreadPoolExecutor(max(1, config.workers)) as pool:
         for chunk in chunks:
             yield list(pool.map(lambda row: detect_row(detector, store, config.max_side, row), chunk))
+
+
+#: How an executor detects: ``(store, config, chunks of rows, detector) -> one result list per chunk, in order``;
+#: ``detector`` is used where it was created (local), remote executors create their own from ``config``.
+ChunkDetector = Callable[
+    [ObjectStore, DetectConfig, Sequence[Sequence[_Row]], Detector], Iterator[list[RowResult]]
+]
+#: Detection's implementation per executor kind (:mod:`emo8.core.executor`); Ray's in :mod:`emo8.label.people_ray`.
+DETECT_EXECUTORS: StageExecutors[ChunkDetector] = StageExecutors("detect-people")
+DETECT_EXECUTORS.register("local", detect_batches_local)
+DETECT_EXECUTORS.register("ray", "emo8.label.people_ray:detect_batches")
 
 
 def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -589,7 +600,7 @@ def detect_people(
     with bar:
         task = bar.add_task("detect", total=len(todo))
         chunks = list(_chunks(todo, config.batch_size))
-        batches = get_executor(config.executor).detect_batches(ws.objects, config, chunks, detector)
+        batches = DETECT_EXECUTORS.get(config.executor)(ws.objects, config, chunks, detector)
         for chunk, results in zip(chunks, batches, strict=True):
             now = utc_now()
             table_rows: list[tuple[Any, ...]] = []

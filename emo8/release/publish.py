@@ -15,8 +15,11 @@ directory can be pushed to the Hub as it is (:mod:`emo8.release.hub`).
 
 What is released: ``valid`` items (never duplicates, contaminated or taken-down items) with a settled annotated
 label (optionally also an agreement floor), or, with ``allow_weak_labels`` (bootstrapping only), a weak label from
-their source. Splits come from :mod:`emo8.release.split` (items without one are assigned first, with the
-workspace's split settings) and are verified free of cross-split near-duplicates before anything is written.
+their source. A release reads what earlier stages recorded and only verifies it (:mod:`emo8.release.inputs`):
+splits come from :mod:`emo8.release.split` (items without one are assigned first, with the workspace's split
+settings, unless ``assign_splits`` is off: then :class:`StaleInput`) and are verified free of cross-split
+near-duplicates; a copy of a taken-down image that the catalog does not mark removed stops it (:class:`StaleInput`).
+When ``emo8 build`` made the workspace, the card and manifest cite its record (:mod:`emo8.core.buildinfo`).
 
 Reproducible: two runs on the same catalog write byte-identical files. Nothing depends on the clock (the card's
 date is ``SOURCE_DATE_EPOCH`` when set, else the date of the newest catalog change among the released items before
@@ -60,6 +63,12 @@ from emo8.core.curation import (
 from emo8.core.progress import stage_bar
 from emo8.core.taxonomy import EMOTIONS
 from emo8.core.workspace import Workspace
+from emo8.release.inputs import (
+    build_citation,
+    dedup_coverage_warning,
+    missing_splits,
+    unrecorded_takedown_copies,
+)
 from emo8.release.split import SPLITS, LeakReport, assign_splits, find_leaks, stored_config
 
 #: ImageFolder directory names of the splits (the layout the public UniEmoX fine-tuning code reads).
@@ -111,6 +120,11 @@ class NothingToRelease(ReleaseError):
     """The catalog has no item with a releasable label; the message says what the catalog does have."""
 
 
+class StaleInput(ReleaseError):
+    """What an earlier stage records is missing or out of date (items without a split, copies of taken-down images
+    the catalog does not mark removed); the message names the command that settles it."""
+
+
 @dataclass(frozen=True)
 class ReleaseConfig:
     """What to release, and how.
@@ -136,6 +150,9 @@ class ReleaseConfig:
         (``other``: each image carries its own licence in the ``license`` column).
     allow_leaks
         Write even if cross-split near-duplicates are found (never by default).
+    assign_splits
+        Items without a split get one first, with the workspace's split settings (what ``emo8 split`` would do);
+        False: such items stop the release with :class:`StaleInput` (a release then writes nothing to the catalog).
     progress
         Show a progress bar while the images are written.
     """
@@ -152,6 +169,7 @@ class ReleaseConfig:
     repo_id: str | None = None
     license: str = "other"
     allow_leaks: bool = False
+    assign_splits: bool = True
     progress: bool = True
 
     def validate(self) -> None:
@@ -198,6 +216,8 @@ class ReleaseResult:
     warnings: list[str] = field(default_factory=list)
     #: Released images whose licence is unknown (see :func:`unknown_licence`).
     unknown_licences: int = 0
+    #: How the workspace was built (``pipeline file (sha256 prefix)``), when ``emo8 build`` recorded it.
+    build: str | None = None
 
 
 # -- selecting rows -------------------------------------------------------------------------------------------------
@@ -532,6 +552,8 @@ class _CardFacts:
     date: str
     previous: str | None
     changes: dict[str, int]
+    #: :func:`emo8.release.inputs.build_citation`: the pipeline file, code version and steps (None: built by hand).
+    build: dict[str, Any] | None = None
 
 
 def _card(ctx: _Context, facts: _CardFacts) -> str:
@@ -703,6 +725,8 @@ def _datasheet(ctx: _Context, facts: _CardFacts) -> str:
             ["licence", "images"],
             [[k, v] for k, v in sorted(licences.items(), key=lambda kv: (-kv[1], kv[0]))],
         ),
+        "## How this release was built",
+        _provenance_text(facts.build),
         "## Maintenance",
         f"Versioned releases (semantic versioning; tag `v{cfg.version}` on the Hub), each with a manifest "
         f"(sha256 -> split, label) and a CHANGELOG against the previous one. {previous} Rights holders can ask "
@@ -710,6 +734,53 @@ def _datasheet(ctx: _Context, facts: _CardFacts) -> str:
         "CHANGELOG lists the removal by hash.",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _provenance_text(build: dict[str, Any] | None) -> str:
+    """The card's build section: the pipeline file (path, sha256), the code version and a table of the steps."""
+    if build is None:
+        return (
+            "Built with individual `emo8` commands (no `emo8 build` record in the workspace): the commands and "
+            "their settings are not recorded here."
+        )
+    pipeline = build["pipeline"]
+    rows = [
+        [f"`{s['name']}`", f"`{s['stage']}`", _settings_cell(str(s.get("stage")), s["settings"])]
+        for s in build["steps"]
+    ]
+    text = (
+        f"Built by `emo8 build` from the pipeline file `{pipeline['path']}` (sha256 `{pipeline['sha256']}`) "
+        f"with emo8 {build.get('code_version') or 'of an unrecorded version'}. The steps and their settings "
+        "(`manifest.json` holds the build record, the pipeline file's text included):"
+    )
+    return text + "\n\n" + _table(["step", "stage", "settings"], rows) if rows else text
+
+
+#: Longest value a card's build table shows of one setting (the manifest has them all).
+_CELL_VALUE_LIMIT = 60
+
+
+def _settings_cell(stage: str, settings: dict[str, Any]) -> str:
+    """The settings of one step that differ from the stage's defaults (all of them when the stage is not
+    registered here), as ``a=1, b=[2, 3]`` for a Markdown table cell: long values cut (a text keeps its end, where
+    a path names its file), ``|`` escaped."""
+    from emo8.core.stage import STAGES
+
+    model = STAGES[stage].settings if stage in STAGES else None
+    parts = []
+    for key, value in sorted(settings.items()):
+        text = json.dumps(value, default=str)
+        info = model.model_fields.get(key) if model is not None else None
+        if info is not None and not info.is_required():
+            default = list(info.default) if isinstance(info.default, tuple) else info.default
+            if text == json.dumps(default, default=str):
+                continue
+        if len(text) > _CELL_VALUE_LIMIT and isinstance(value, str):  # a path's end says more than its start
+            text = f'"...{value[-(_CELL_VALUE_LIMIT - 5) :]}"'
+        elif len(text) > _CELL_VALUE_LIMIT:
+            text = text[: _CELL_VALUE_LIMIT - 3] + "..."
+        parts.append(f"{key}={text}")
+    return (", ".join(parts) or "defaults").replace("|", "\\|")
 
 
 def annotation_rounds(ws: Workspace, item_ids: set[str]) -> dict[str, Any]:
@@ -855,6 +926,7 @@ def _manifest(ctx: _Context, facts: _CardFacts, content: dict[str, Any]) -> dict
         "classes": list(EMOTIONS),
         "previous": facts.previous,
         "leak_check": facts.leaks.summary(),
+        "build": facts.build,
         "files": files,
         **content,
     }
@@ -1044,18 +1116,32 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
         raise ReleaseError(
             f"release {config.version} already exists at {out}; releases are immutable (--overwrite)"
         )
-    takedown.enforce(ws)
     rows, held = releasable(ws, config.labels)
     date = _release_date(rows)  # before this run's own split assignment stamps the rows with today
     newly_split = 0
-    if rows["split"].map(lambda s: s not in SPLITS).any():
+    unsplit = missing_splits(rows)
+    if unsplit and not config.assign_splits:
+        raise StaleInput(
+            f"{unsplit} releasable item(s) have no split: run `emo8 split` first (or let the release assign "
+            "them with the workspace's split settings: --assign-splits)"
+        )
+    if unsplit:  # what `emo8 split` would do, with its stored settings (it re-applies the take-downs first)
         result, _ = assign_splits(ws, dataclasses.replace(stored_config(ws), progress=config.progress))
         newly_split = result.new
         rows, held = releasable(ws, config.labels)
+    copies = unrecorded_takedown_copies(ws, rows)
+    if copies:
+        raise StaleInput(
+            f"{sum(copies.values())} releasable item(s) are copies of taken-down images ("
+            + ", ".join(f"{k}: {v}" for k, v in copies.items())
+            + ") that the catalog does not mark removed yet: run `emo8 split` (it applies every recorded "
+            "take-down first), then release again"
+        )
     excluded = int(ws.catalog.counts("reason", where="status = 'removed'").get("takedown", 0))
     embeddings = workspace_embeddings(ws)
     radius, similarity = dedup_thresholds(ws, embeddings[0] if embeddings else None)
     leaks = find_leaks(rows, radius, embeddings, similarity if embeddings else None, pairs=dedup_pairs(ws))
+    stale_dedup = dedup_coverage_warning(ws, rows)
     if not leaks.clean and not config.allow_leaks:
         raise ReleaseError(
             f"{len(leaks.leaks)} near-duplicate pairs cross split boundaries (e.g. {leaks.leaks[0]}); "
@@ -1085,6 +1171,7 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
         date=date,
         previous=previous[0] if previous else None,
         changes={},
+        build=build_citation(ws),
     )
 
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -1113,6 +1200,7 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    warnings_first = [stale_dedup] if stale_dedup else []
     imagefolder = None
     if ctx.imagefolder is not None:
         rel = ctx.imagefolder.relative_to(staging) if ctx.imagefolder.is_relative_to(staging) else None
@@ -1136,7 +1224,8 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
         previous=facts.previous,
         changes=facts.changes,
         imagefolder=imagefolder,
-        warnings=[
+        warnings=warnings_first
+        + [
             f"split {s!r} is empty and is left out of the release"
             for s in SPLITS
             if not any(r["_split"] == s for r in records)
@@ -1150,4 +1239,9 @@ def release(ws: Workspace, config: ReleaseConfig) -> ReleaseResult:
             else []
         ),
         unknown_licences=unknown,
+        build=(
+            f"{facts.build['pipeline']['path']} (sha256 {str(facts.build['pipeline']['sha256'])[:12]})"
+            if facts.build
+            else None
+        ),
     )

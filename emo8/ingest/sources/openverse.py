@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
@@ -22,6 +23,8 @@ from emo8.ingest.sources.base import SourceError, register_source
 
 DEFAULT_API_URL = "https://api.openverse.org"
 DEFAULT_USER_AGENT = "emo8/0.1 (dataset research; +https://github.com/emo8/emo8)"
+#: Openverse cuts ``q`` after this many characters (``MediaSearchRequestSerializer.validate_q``).
+MAX_QUERY_CHARS = 200
 
 
 def spdx_license(code: str | None, version: str | None) -> str | None:
@@ -45,6 +48,12 @@ class OpenverseSource:
     FI and EmoSet. ``license_type`` is passed through (``commercial``, ``modification``, ``all-cc``...). A token from
     ``OPENVERSE_TOKEN`` is sent as a bearer token when set. 429 and 5xx are retried with back-off, honouring
     ``Retry-After``; when a later page is refused (anonymous page limits), the results so far are kept.
+
+    ``licenses`` (Openverse codes: ``by``, ``by-sa``, ``cc0``, ``pdm``...) is sent as the ``license`` filter.
+    ``exclude`` holds negative keywords: each is sent in ``q`` with Openverse's NOT operator, ``-word`` (a phrase
+    or a word with other characters quoted: ``-"clip art"``, ``-"3-d"``), as many as fit in its 200-character
+    query, and results whose title or tags still contain one (as a whole word, any case) are dropped and counted in
+    ``excluded``.
     """
 
     query: str
@@ -57,13 +66,41 @@ class OpenverseSource:
     user_agent: str = DEFAULT_USER_AGENT
     retries: int = 4
     timeout: float = 30.0
+    licenses: Sequence[str] = ()
+    exclude: Sequence[str] = ()
     warnings: list[str] = field(default_factory=list)
+    excluded: int = 0
 
     name: ClassVar[str] = "openverse"
+
+    def search_text(self) -> str:
+        """The ``q`` sent: the query, then ``-word`` per negative keyword while it fits in 200 characters."""
+        text = self.query.strip()
+        left_out = []
+        for word in (w.strip() for w in self.exclude if w.strip()):
+            term = f"-{word}" if re.fullmatch(r"\w+", word) else f'-"{word}"'
+            if len(text) + 1 + len(term) <= MAX_QUERY_CHARS:
+                text = f"{text} {term}"
+            else:
+                left_out.append(word)
+        if left_out:
+            self.warnings.append(
+                f"Openverse query {self.query!r}: {len(left_out)} negative keyword(s) did not fit in its "
+                f"{MAX_QUERY_CHARS}-character query ({', '.join(left_out)}); they are applied to the results only"
+            )
+        return text
+
+    def _is_excluded(self, title: str | None, tags: list[Any]) -> bool:
+        words = [w.strip() for w in self.exclude if w.strip()]
+        if not words:
+            return False
+        pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+        return any(pattern.search(str(text)) for text in (title or "", *tags))
 
     def records(self) -> Iterator[OriginRecord]:
         if not self.query.strip():
             raise SourceError("an Openverse query must not be empty")
+        q = self.search_text()
         headers = {"User-Agent": self.user_agent, "Accept": "application/json"}
         token = os.environ.get("OPENVERSE_TOKEN")
         if token:
@@ -72,9 +109,11 @@ class OpenverseSource:
         page = 1
         with httpx.Client(base_url=self.api_url.rstrip("/"), headers=headers, timeout=self.timeout) as client:
             while emitted < self.max_results:
-                params: dict[str, Any] = {"q": self.query, "page": page, "page_size": self.page_size}
+                params: dict[str, Any] = {"q": q, "page": page, "page_size": self.page_size}
                 if self.license_type:
                     params["license_type"] = self.license_type
+                if self.licenses:
+                    params["license"] = ",".join(self.licenses)
                 body = self._get_page(client, params, first=page == 1)
                 if body is None:
                     break
@@ -127,6 +166,9 @@ class OpenverseSource:
         if not isinstance(url, str) or not url:
             return None
         tags = [t.get("name") for t in result.get("tags") or [] if isinstance(t, dict) and t.get("name")]
+        if self._is_excluded(result.get("title"), tags):
+            self.excluded += 1
+            return None
         return OriginRecord(
             origin_key=url,
             source=self.name,
@@ -148,6 +190,53 @@ class OpenverseSource:
                 "attribution": result.get("attribution"),
             },
         )
+
+
+@dataclass
+class OpenverseSearch:
+    """Several Openverse searches as one source (e.g. the synonyms of one emotion x style pair).
+
+    Results are taken from each search in turn (one each, round robin), so that every query contributes evenly
+    until it runs dry; an image found by several queries counts once (with the first query's keyword); at most
+    ``max_results`` in all. Give each search ``max_results`` too, so the others can fill a dry query's share.
+    """
+
+    searches: list[OpenverseSource]
+    max_results: int = 200
+
+    name: ClassVar[str] = "openverse"
+
+    @property
+    def warnings(self) -> list[str]:
+        """The warnings of every search."""
+        return [warning for search in self.searches for warning in search.warnings]
+
+    @property
+    def excluded(self) -> int:
+        """Results dropped by the negative keywords, over every search."""
+        return sum(search.excluded for search in self.searches)
+
+    def records(self) -> Iterator[OriginRecord]:
+        running = [search.records() for search in self.searches]
+        seen: set[str] = set()
+        emitted = 0
+        try:
+            while running and emitted < self.max_results:
+                for results in list(running):
+                    record = next(results, None)
+                    if record is None:
+                        running.remove(results)
+                    elif record.origin_key not in seen:
+                        seen.add(record.origin_key)
+                        emitted += 1
+                        yield record
+                        if emitted >= self.max_results:
+                            break
+        finally:
+            for results in running:  # close the HTTP clients of the searches left unfinished
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()
 
 
 def _backoff(attempt: int) -> float:

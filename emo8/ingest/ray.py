@@ -1,21 +1,22 @@
 """Ingest on Ray: pending items sharded by host, fetched and validated by Ray tasks, committed by the driver.
 
+Registered as the ``ray`` implementation of :data:`emo8.ingest.run.INGEST_EXECUTORS`; imported only when chosen.
+
 Politeness is enforced by partitioning: every host belongs to exactly one shard (a stable hash of the
 hostname), and a shard has at most one task running at any time (its chunks run one after the other), so the
-per-host concurrency, rate and ``Retry-After`` pauses of :mod:`emo8.ingest.download` hold across the whole cluster, as
-does robots.txt. A list with fewer hosts than shards deals each host over several shards whose per-host limits
+per-host concurrency, rate and ``Retry-After`` pauses of :mod:`emo8.ingest.download` hold across the whole cluster,
+as does robots.txt. A list with fewer hosts than shards deals each host over several shards whose per-host limits
 add up to the host's (see :func:`plan_shards`). Each task runs the same polite downloader (SSRF guard included)
-and the same :func:`emo8.ingest.run.check_and_store` as the local path, writing objects to the content-addressed store;
-only compact :class:`~emo8.core.catalog.ItemOutcome` rows travel back. The driver keeps at most one task per shard
-in flight (back-pressure: ``ray.wait`` on a bounded window) and commits through the local path's sink, so the
-catalog has one writer. A task whose worker dies is run again by Ray (content-addressed writes are
-idempotent); a killed driver leaves the unfinished items ``pending`` for the next run.
+and the same :func:`emo8.ingest.run.check_and_store` as the local path, writing objects to the content-addressed
+store; only compact :class:`~emo8.core.catalog.ItemOutcome` rows travel back. The driver keeps at most one task per
+shard in flight (back-pressure: ``ray.wait`` on a bounded window) and commits through the local path's sink, so the
+catalog has one writer. A task whose worker dies is run again by Ray (content-addressed writes are idempotent); a
+killed driver leaves the unfinished items ``pending`` for the next run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -25,52 +26,21 @@ from typing import TYPE_CHECKING, Any
 import ray
 from yarl import URL
 
-from emo8.core.executor import ExecutorConfig
+from emo8.core.executor import ray_session, require_shared_store
 from emo8.core.imaging import ValidationConfig
 from emo8.core.workspace import ObjectStore
 from emo8.ingest.download import DownloadConfig, FetchRequest, fetch_stream
 from emo8.ingest.run import check_and_store, outcome_for, outcome_for_fetch_failure
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
-
-    import numpy as np
     import pandas as pd
 
     from emo8.core.catalog import ItemOutcome
     from emo8.core.workspace import Workspace
-    from emo8.embed.encoders import Encoder
-    from emo8.embed.run import EmbedConfig
     from emo8.ingest.run import IngestOptions, OutcomeSink
-    from emo8.label.people import DetectConfig, Detector, RowResult
 
 #: One row of work: (item_id, url or None, local path or None).
 Row = tuple[str, str | None, str | None]
-
-
-class ray_session:
-    """Connect to the cluster ``config`` names (or start a local instance); shut down only what it started."""
-
-    def __init__(self, config: ExecutorConfig) -> None:
-        self.config = config
-        self.started = False
-
-    def __enter__(self) -> None:
-        if ray.is_initialized():
-            return
-        local = self.config.ray_address is None
-        ray.init(
-            address=self.config.ray_address or "local",  # "local": a new instance, even beside a running one
-            num_cpus=(self.config.num_cpus or os.cpu_count() or 1) if local else None,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-        self.started = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self.started:
-            ray.shutdown()
 
 
 def host_of(url: str | None) -> str:
@@ -123,88 +93,40 @@ async def _fetch_and_check(
                 done.append((outcome_for_fetch_failure(result), 0))
                 continue
             args = (result.key, result.data, result.http_status, result.attempts)
+            result.data = None
             checks.append(loop.run_in_executor(decoder, check, *args))
         await asyncio.gather(*checks)
     return done
 
 
-class DetectActor:
-    """One detector per Ray actor (OpenCV detectors are not shared between threads)."""
+def ingest_pending(ws: Workspace, pending: pd.DataFrame, options: IngestOptions, sink: OutcomeSink) -> None:
+    """The ``ray`` executor: run the shards' chunks as Ray tasks, at most one per shard in flight; every outcome
+    goes to ``sink`` on the driver."""
+    config = options.executor
+    require_shared_store(ws.objects.shared, ws.objects.url)
+    with ray_session(config):
+        shards = config.shards or max(1, int(ray_session.resources().get("CPU", 1)))
+        plan = plan_shards(pending, shards, config.chunk_size, options.download)
+        task = ray.remote(ingest_chunk).options(
+            num_cpus=1, max_retries=config.task_retries, retry_exceptions=False, name="emo8_ingest_chunk"
+        )
+        validation, store = ray.put(options.validation), ray.put(ws.objects)
+        in_flight: dict[Any, int] = {}  # object ref -> shard (at most one per shard)
 
-    def __init__(self, config: DetectConfig, store: ObjectStore) -> None:
-        from emo8.label.people import create_detector
+        def submit(shard: int) -> None:
+            if plan[shard].chunks:
+                ref = task.remote(plan[shard].chunks.popleft(), plan[shard].download, validation, store)
+                in_flight[ref] = shard
 
-        self.detector, self.config, self.store = create_detector(config), config, store
-
-    def detect(self, rows: list[Any]) -> list[RowResult]:
-        from emo8.label.people import detect_row
-
-        return [detect_row(self.detector, self.store, self.config.max_side, row) for row in rows]
-
-
-class RayExecutor:
-    """Runs ingest's fetch-validate-store step as Ray tasks, one shard of hosts per task at a time."""
-
-    def __init__(self, config: ExecutorConfig) -> None:
-        self.config = config
-
-    def ingest_pending(
-        self, ws: Workspace, pending: pd.DataFrame, options: IngestOptions, sink: OutcomeSink
-    ) -> None:
-        with ray_session(self.config):
-            shards = self.config.shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            plan = plan_shards(pending, shards, self.config.chunk_size, options.download)
-            task = ray.remote(ingest_chunk).options(
-                num_cpus=1,
-                max_retries=self.config.task_retries,
-                retry_exceptions=False,
-                name="emo8_ingest_chunk",
-            )
-            validation, store = ray.put(options.validation), ws.objects
-            in_flight: dict[Any, int] = {}  # object ref -> shard (at most one per shard)
-
-            def submit(shard: int) -> None:
-                if plan[shard].chunks:
-                    ref = task.remote(plan[shard].chunks.popleft(), plan[shard].download, validation, store)
-                    in_flight[ref] = shard
-
-            for shard in range(len(plan)):
-                submit(shard)
-            while in_flight:
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
-                    shard = in_flight.pop(ref)
-                    for outcome, new_bytes in ray.get(ref):
-                        sink.add(outcome, new_bytes)
-                    submit(shard)
-
-    def embed_batches(
-        self, encoder: Encoder, paths: Sequence[str], config: EmbedConfig
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        from emo8.distributed.ray_embed import embed_batches
-
-        with ray_session(self.config):
-            yield from embed_batches(encoder, paths, config)
-
-    def detect_batches(
-        self, store: ObjectStore, config: DetectConfig, chunks: Sequence[Sequence[Any]], detector: Detector
-    ) -> Iterator[list[RowResult]]:
-        """Chunks go to a pool of actors, each with its own detector (created from ``config``), in order."""
-        from ray.util import ActorPool
-
-        with ray_session(self.config):
-            gpus = int(ray.cluster_resources().get("GPU", 0))
-            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-            uses_gpu = (
-                gpus > 0 and config.device in ("auto", "cuda") and config.backend.startswith("torchvision")
-            )
-            actor = ray.remote(num_cpus=0 if uses_gpu else 1, num_gpus=1 if uses_gpu else 0, max_restarts=2)(
-                DetectActor
-            )
-            local_config = replace(config, workers=1, progress=False, executor=ExecutorConfig())
-            actors = [actor.remote(local_config, store) for _ in range(gpus if uses_gpu else cpus)]
-            work = [list(chunk) for chunk in chunks]
-            yield from ActorPool(actors).map(lambda a, chunk: a.detect.remote(chunk), work)  # type: ignore[arg-type]
+        for shard in range(len(plan)):
+            submit(shard)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                shard = in_flight.pop(ref)
+                submit(shard)  # the shard's next chunk starts before this one's outcomes are committed
+                for outcome, new_bytes in ray.get(ref):
+                    sink.add(outcome, new_bytes)
 
 
 @dataclass

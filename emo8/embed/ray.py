@@ -1,5 +1,7 @@
 """Embeddings on Ray: Ray Data ``map_batches`` over an actor pool, one encoder per actor.
 
+Registered as the ``ray`` implementation of :data:`emo8.embed.run.EMBED_EXECUTORS`; imported only when chosen.
+
 The driver cuts the paths into the same batches as the local path (``batch_size`` consecutive items, the last
 one shorter) and sends one batch per row, so every actor encodes exactly the batches the local executor would:
 on CPU (with the driver's intra-op thread count, which CPU kernels' summation order depends on) the numbers
@@ -18,6 +20,8 @@ import numpy as np
 import ray
 import torch
 
+from emo8.core.executor import ray_session, require_shared_store
+from emo8.core.workspace import read_location
 from emo8.embed.encoders import Encoder, EncoderSpec, load_encoder
 from emo8.embed.run import EmbedConfig, encode_sources
 
@@ -35,7 +39,12 @@ class EncodeBatches:
         for paths in rows["paths"]:
             batch = [str(p) for p in paths]
             ok, out = encode_sources(
-                self.encoder, batch, batch_size=len(batch), workers=0, preprocess=self.preprocess
+                self.encoder,
+                batch,
+                read_location,
+                batch_size=len(batch),
+                workers=0,
+                preprocess=self.preprocess,
             )
             oks.append(ok)
             feats.append(out)
@@ -48,7 +57,15 @@ def embed_batches(
     """Yield ``(indices, ok, embeddings)`` per batch, in order, computed by a pool of Ray actors."""
     if not paths:
         return
-    resources = ray.cluster_resources()
+    require_shared_store(not paths[0].startswith("memory://"), paths[0].rsplit("/", 2)[0])
+    with ray_session(config.executor):
+        yield from _embed_batches(paths, config)
+
+
+def _embed_batches(
+    paths: Sequence[str], config: EmbedConfig
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    resources = ray_session.resources()
     gpus = int(resources.get("GPU", 0))
     spec = config.spec()
     if gpus == 0 and spec.device not in ("auto", "cpu"):
