@@ -32,4 +32,12 @@ def load_stages() -> dict[str, Stage[Any, Any]]:
         except ModuleNotFoundError as exc:
             if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
                 raise
+
+    def rank(stage: Stage[Any, Any]) -> int:  # pipeline order, whatever imported the modules first
+        module = getattr(stage.run, "__module__", "")
+        return STAGE_MODULES.index(module) if module in STAGE_MODULES else len(STAGE_MODULES)
+
+    ordered = sorted(STAGES.values(), key=rank)  # stable: registration order within a module
+    STAGES.clear()
+    STAGES.update((stage.name, stage) for stage in ordered)
     return STAGES

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from emo8.core.stage import STAGES, Stage, StageSettings, field_meta, problem_text
+from emo8.core.stage import STAGES, Stage, StageSettings, field_meta, own_field_order, problem_text
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -216,7 +216,7 @@ def _settings_problems(
     from_defaults: set[str],
     problems: _Problems,
 ) -> None:
-    allowed = ", ".join(stage.settings.model_fields)
+    allowed = ", ".join(own_field_order(stage.settings))
     for problem in error.errors():
         loc = problem["loc"]
         name = str(loc[0]) if loc else ""
@@ -238,7 +238,10 @@ def _settings_problems(
             problems.add(("defaults", name), f"{problem_text(problem)} (for stage {stage.name!r})")
         else:
             field = stage.settings.model_fields.get(name)
-            hint = f" ({field.description})" if field is not None and field.description else ""
+            help_text = (
+                (field.description or "").replace("\\[", "[") if field is not None else ""
+            )  # no markup
+            hint = f" ({help_text})" if help_text else ""
             problems.add(
                 (*where, "settings", name), f"{suffix}{' ' if suffix else ''}{problem_text(problem)}{hint}"
             )
