@@ -24,7 +24,7 @@ from emo8.cli.common import QUIET_HELP, exit_on, fail, out, warn
 from emo8.core.stage import Stage, StageSettings, Summary, field_meta, own_field_order, problem_text
 from emo8.core.workspace import Workspace, WorkspaceError
 
-__all__ = ["add_stage_command", "cli_settings", "print_summary", "settings_error_text"]
+__all__ = ["add_stage_command", "print_summary", "settings_error_text"]
 
 #: Parameters every stage command has besides its settings.
 COMMON_PARAMS = ("workspace", "quiet")
@@ -87,18 +87,12 @@ def _parameter(model: type[BaseModel], name: str) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=param_info, annotation=python_type)
 
 
-def cli_settings(stage: Stage[Any, Any]) -> list[str]:
-    """The settings names the stage's CLI command accepts (its parameters minus the common ones)."""
-    return [name for name in stage.settings.model_fields]
-
-
-def settings_error_text(error: ValidationError, where: str = "option") -> str:
+def settings_error_text(error: ValidationError) -> str:
     """A ValidationError as one paragraph: ``--name: what is wrong`` per problem."""
     parts = []
     for problem in error.errors():
         loc = ".".join(str(x) for x in problem["loc"])
-        label = _option_name(loc) if where == "option" else loc
-        parts.append(f"{label}: {problem_text(problem)}")
+        parts.append(f"{_option_name(loc)}: {problem_text(problem)}")
     return "; ".join(parts)
 
 

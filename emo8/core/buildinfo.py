@@ -8,13 +8,11 @@ A release reads it here, so that its card and manifest say how it was made, with
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from emo8.core.workspace import Workspace
+from emo8.core.workspace import Workspace, atomic_write_json
 
 __all__ = ["BUILD_DIR", "CURRENT_FILE", "code_version", "current_build", "write_current_build"]
 
@@ -54,8 +52,5 @@ def current_build(ws: Workspace) -> dict[str, Any] | None:
 def write_current_build(ws: Workspace, record: dict[str, Any]) -> Path:
     """Write ``record`` as the workspace's current build record, atomically; return its path."""
     path = ws.root / CURRENT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, record)
     return path

@@ -202,9 +202,10 @@ def get_stage(name: str) -> Stage[Any, Any]:
     return STAGES[name]
 
 
-def path_digest(path: Path, pattern: str = "*", recursive: bool = True) -> str:
-    """A digest of what a step reads from outside the workspace: a file's bytes (sha256), or a folder's listing
-    (relative names, sizes, mtimes; ``recursive`` or the top level only). A missing path digests to ``"-"``."""
+def path_digest(path: Path, recursive: bool = True) -> str:
+    """A digest of what a step reads: a file's bytes (sha256), or a folder's listing (relative names, sizes,
+    mtimes; ``recursive`` or the top level only), walked one folder at a time so that memory stays bounded by the
+    largest single folder, not the whole tree (``objects/`` holds one file per image). A missing path is ``"-"``."""
     path = Path(path)
     if path.is_file():
         h = hashlib.sha256()
@@ -212,14 +213,23 @@ def path_digest(path: Path, pattern: str = "*", recursive: bool = True) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 h.update(block)
         return h.hexdigest()
-    if path.is_dir():
-        h = hashlib.sha256()
-        files = path.rglob(pattern) if recursive else path.glob(pattern)
-        for item in sorted(p for p in files if p.is_file()):
-            stat = item.stat()
-            h.update(f"{item.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return h.hexdigest()
-    return "-"
+    if not path.is_dir():
+        return "-"
+    h = hashlib.sha256()
+
+    def walk(folder: Path, prefix: str) -> None:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    walk(Path(entry.path), f"{prefix}{entry.name}/")
+            elif entry.is_file():
+                stat = entry.stat()
+                h.update(f"{prefix}{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+
+    walk(path, "")
+    return h.hexdigest()
 
 
 #: Help panels, in pipeline order: ``emo8 --help`` lists the commands grouped by stage.

@@ -390,6 +390,13 @@ _EXTENSIONS = {
 }
 
 
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented, key-sorted JSON to ``path`` atomically (see :func:`_atomic_write`: a full disk
+    is a :class:`WorkspaceError` and leaves the old file as it was)."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    _atomic_write(path, text.encode(), path.parent)
+
+
 def _atomic_write(path: Path, data: bytes, tmp_dir: Path, durable: bool = True) -> None:
     """Write ``data`` to ``path`` via a temp file in ``tmp_dir`` and a rename; never leave a partial file.
 

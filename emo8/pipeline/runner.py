@@ -31,14 +31,13 @@ from rich.text import Text
 from emo8.core.buildinfo import code_version, write_current_build
 from emo8.core.catalog import utc_now
 from emo8.core.stage import Summary, settings_fingerprint
-from emo8.core.workspace import CONFIG_NAME, Workspace
+from emo8.core.workspace import CONFIG_NAME, Workspace, atomic_write_json
 from emo8.pipeline.serve import ServeError, serving
 from emo8.pipeline.spec import Pipeline, PipelineError, Step
 from emo8.pipeline.state import (
     RUNS_DIR,
     BuildState,
     StepRecord,
-    atomic_write_json,
     digests,
     inputs_digest,
     step_fingerprint,
@@ -403,20 +402,20 @@ def _run_step(
         error = (_message(exc), 0, exc)
     seconds = time.monotonic() - started
     ran.seconds, ran.finished_at = round(seconds, 3), utc_now()
-    stage_artifacts = (*step.stage.reads, *step.stage.writes)
+    now = digests(ws, (*step.stage.reads, *step.stage.writes))  # once: outputs are the written part
     if error is not None:
         ran.status, ran.message = "failed", error[0]
         record.step(index, status="failed", seconds=ran.seconds, problem=error[0])
     else:
         assert summary is not None
-        ran.outputs = digests(ws, step.stage.writes)
+        ran.outputs = {artifact: now[artifact] for artifact in step.stage.writes}
         ran.status = "waiting" if summary.waiting else ("failed" if summary.problem else "done")
         ran.message = summary.waiting or summary.problem
         record.step(
             index, status=ran.status, seconds=ran.seconds, summary=_plain(summary.lines),
             warnings=summary.warnings, problem=summary.problem, waiting=summary.waiting,
         )  # fmt: skip
-    state.artifacts.update(digests(ws, stage_artifacts))
+    state.artifacts.update(now)
     state.save()
     return summary, seconds, error
 

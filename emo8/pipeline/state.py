@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from emo8.core.buildinfo import BUILD_DIR
 from emo8.core.stage import path_digest, settings_fingerprint
-from emo8.core.workspace import Workspace
+from emo8.core.workspace import Workspace, atomic_write_json
 from emo8.pipeline.spec import Step
 
 __all__ = [
     "BuildState",
     "StepRecord",
     "artifact_digest",
-    "atomic_write_json",
     "step_fingerprint",
 ]
 
@@ -42,14 +39,6 @@ DIGEST_VERSION = 2
 ROW_BATCH = 2000
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def artifact_digest(ws: Workspace, artifact: str) -> str:
     """Digest of a workspace artifact: ``table:NAME`` (its rows, streamed) or ``dir:PATH`` / ``file:PATH``
     (listing with sizes and mtimes, see :func:`emo8.core.stage.path_digest`). A missing one digests to ``"-"``."""
@@ -58,29 +47,10 @@ def artifact_digest(ws: Workspace, artifact: str) -> str:
         return _table_digest(ws, name)
     if kind in ("dir", "file"):
         path = ws.root / name
-        return _dir_digest(path) if path.is_dir() else path_digest(path)
+        return path_digest(path)
     raise ValueError(
         f"unknown workspace artifact {artifact!r}; artifacts are table:NAME, dir:PATH or file:PATH"
     )
-
-
-def _dir_digest(root: Path) -> str:
-    """A folder's listing (relative names, sizes, mtimes), walked one folder at a time: memory stays bounded by
-    the largest single folder, not the whole tree (``objects/`` holds one file per image)."""
-    h = hashlib.sha256()
-
-    def walk(folder: Path, prefix: str) -> None:
-        with os.scandir(folder) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                walk(Path(entry.path), f"{prefix}{entry.name}/")
-            elif entry.is_file():
-                stat = entry.stat()
-                h.update(f"{prefix}{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-
-    walk(root, "")
-    return h.hexdigest()
 
 
 def _table_digest(ws: Workspace, table: str) -> str:

@@ -153,7 +153,7 @@ SPLIT = register_stage(
         help="Group-aware, stratified, stable train/validation/test splits, verified free of near-duplicate leaks.",
         usage_errors=(SplitError,),
         reads=("table:items", "dir:embeddings", "dir:dedup"),
-        writes=("table:items",),
+        writes=("table:items", "dir:reports"),  # reports/split.json
         panel=PANEL_RELEASE,
     )
 )
