@@ -8,7 +8,11 @@ Ray's start-up and shutdown, which are also measured alone (``ray.init`` + ``ray
 ``ray-cluster`` joins a Ray instance started beforehand (``ray start --head``, the machine's CPUs) with
 ``--ray-address auto``, as a job on a running cluster does; its CPU-seconds add those the cluster's processes
 (GCS, raylet, workers) spent during the run to the driver's; what those processes spend while the instance is idle
-is measured too (``ray_idle_cpu_per_s``) and reported apart. Runs alternate (local, ray, ray-cluster, local, ...).
+is measured too (``ray_idle_cpu_per_s``) and reported apart. A job on a running cluster leaves its ingest actors
+up for the next job (``EMO8_RAY_KEEP_ALIVE``, the default): ``ray-cluster`` is such a next job (its first run
+may start them: ``fresh_actors`` counts the actor processes each run started), and ``ray-cluster-fresh`` a job
+that starts its own actors and ends them (``EMO8_RAY_KEEP_ALIVE=0``: the first job on a cluster, or one after the
+kept actors ended). Runs alternate (local, ray, ray-cluster, local, ...).
 Each executor also runs a list of ``--small`` images: the cost of a run with almost nothing to do (process start,
 imports, Ray's worker processes) is reported as ``fixed_*``, and the cost of each further image as ``marginal_*``.
 
@@ -47,7 +51,7 @@ from ingest_vs_img2dataset import (
 from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
-EXECUTORS = ("local", "ray", "ray-cluster")
+EXECUTORS = ("local", "ray", "ray-cluster", "ray-cluster-fresh")
 RAY_CLI = [str(Path(sys.executable).parent / "ray")]
 IDLE_S = 10.0
 RAY_JOIN = "import ray; ray.init(address='auto', log_to_driver=False); ray.shutdown()"
@@ -67,18 +71,20 @@ class ClusterCpu:
     """
 
     def __init__(self) -> None:
+        self.actors: set[int] = set()  # the ingest actors' processes seen
         self.start = self._sample()
         self.seen = dict(self.start)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
-    @staticmethod
-    def _sample() -> dict[int, float]:
+    def _sample(self) -> dict[int, float]:
         out: dict[int, float] = {}
         for proc in psutil.process_iter(["cmdline", "cpu_times"]):
             cmdline = " ".join(proc.info["cmdline"] or [])
             if proc.info["cpu_times"] and ("ray::" in cmdline or "site-packages/ray/" in cmdline):
                 out[proc.pid] = proc.info["cpu_times"].user + proc.info["cpu_times"].system
+                if cmdline.startswith("ray::IngestActor"):
+                    self.actors.add(proc.pid)
         return out
 
     def _poll(self) -> None:
@@ -107,12 +113,20 @@ def url_list_for(count: int, port: int) -> Path:
     return path
 
 
+#: Each run's workspace, kept until the benchmark ends: deleting the previous run's 5,000 files just before a run
+#: made ext4 slow to create the next run's files (its inode allocator skips recently deleted inodes; profiled:
+#: 5-10 times the system CPU per write), which charged one run for another's clean-up.
+RUN_DIRS: list[Path] = []
+
+
 def run_ingest(url_list: Path, executor: str) -> dict[str, float | int | str]:
     """One ``emo8 ingest urls`` run with ``executor`` in a fresh workspace; wall, CPU, RSS and valid count."""
     variant, executor = executor, executor.split("-")[0]
-    extra = ["--ray-address", "auto"] if variant == "ray-cluster" else []
-    out = WORK / f"ray-bench-{variant}"
-    shutil.rmtree(out, ignore_errors=True)
+    extra = ["--ray-address", "auto"] if variant.startswith("ray-cluster") else []
+    os.environ["EMO8_RAY_KEEP_ALIVE"] = "0" if variant == "ray-cluster-fresh" else "120"
+    out = WORK / f"ray-bench-{variant}-{len(RUN_DIRS)}"
+    shutil.rmtree(out, ignore_errors=True)  # left by an interrupted benchmark
+    RUN_DIRS.append(out)
     emo8 = [sys.executable, "-m", "emo8"]
     subprocess.run([*emo8, "init", str(out)], check=True, capture_output=True)
     cmd = [
@@ -124,10 +138,11 @@ def run_ingest(url_list: Path, executor: str) -> dict[str, float | int | str]:
     with ClusterCpu() as cluster:
         wall, cpu, rss = run_measured(cmd)
     cluster_cpu = cluster.seconds if extra else 0.0
+    fresh = sum(1 for pid in cluster.seen if pid not in cluster.start and pid in cluster.actors)
     with contextlib.closing(sqlite3.connect(out / "catalog.sqlite")) as db:
         ok = int(db.execute("SELECT COUNT(*) FROM items WHERE status = 'valid'").fetchone()[0])
     return {"executor": variant, "wall_s": wall, "cpu_s": cpu + cluster_cpu, "cluster_cpu_s": cluster_cpu,
-            "rss_mb": rss, "ok": ok, "load": load}  # fmt: skip
+            "rss_mb": rss, "ok": ok, "load": load, "fresh_actors": fresh}  # fmt: skip
 
 
 def start_head() -> subprocess.Popen[bytes]:
@@ -188,13 +203,16 @@ def main() -> None:
                         r = {**run_ingest(url_list, executor), "count": n}
                         runs.append(r)
                         print(
-                            f"  {executor:<11} n={n:<6} wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
+                            f"  {executor:<17} n={n:<6} wall {r['wall_s']:.2f} s, CPU {r['cpu_s']:.1f} s, "
                             f"{1000 * float(r['cpu_s']) / max(1, int(r['ok'])):.2f} CPU-ms/image, ok={r['ok']}, "
-                            f"rss {float(r['rss_mb']):.0f} MB, load {float(r['load']):.2f}",
+                            f"rss {float(r['rss_mb']):.0f} MB, load {float(r['load']):.2f}, "
+                            f"fresh actors {r['fresh_actors']}",
                             flush=True,
                         )
         finally:
             stop_head(head)
+            for out in RUN_DIRS:
+                shutil.rmtree(out, ignore_errors=True)
 
     def median(executor: str, key: str, count: int = args.count) -> float:
         return statistics.median(
@@ -230,6 +248,7 @@ def main() -> None:
     )
     ratio = median("ray", "wall_s") / median("local", "wall_s")
     ratio_cluster = median("ray-cluster", "wall_s") / median("local", "wall_s")
+    ratio_fresh = median("ray-cluster-fresh", "wall_s") / median("local", "wall_s")
     ratio_warm = (median("ray", "wall_s") - start_wall) / median("local", "wall_s")
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -245,6 +264,7 @@ def main() -> None:
         "ray_over_local_wall": round(ratio, 3),
         "ray_over_local_wall_without_start": round(ratio_warm, 3),
         "ray_cluster_over_local_wall": round(ratio_cluster, 3),
+        "ray_cluster_fresh_over_local_wall": round(ratio_fresh, 3),
         "ray_cluster_over_local_marginal_wall": round(
             summary["ray-cluster"]["marginal_wall_ms_per_image"]
             / summary["local"]["marginal_wall_ms_per_image"],
@@ -255,12 +275,13 @@ def main() -> None:
         f"\n{args.count} JPEGs from a loopback server; CPU: {report['cpu']}, {os.cpu_count()} cores (shared)"
     )
     for executor, s in summary.items():
-        print(f"  {executor:<11} {s}")
+        print(f"  {executor:<17} {s}")
     print(f"  Ray start + stop alone: {start_wall:.1f} s wall, {start_cpu:.1f} CPU-s; "
           f"a running instance's own processes, idle: {idle_rate:.2f} CPU-s per second")  # fmt: skip
     print(f"  ray / local wall time: {ratio:.2f} (without Ray's start-up: {ratio_warm:.2f}; target <= 1.3)")
     print(f"  ray-cluster (already running) / local wall time: {ratio_cluster:.2f}; "
-          f"per further image: {report['ray_cluster_over_local_marginal_wall']:.2f}")  # fmt: skip
+          f"per further image: {report['ray_cluster_over_local_marginal_wall']:.2f}; "
+          f"with actors started for the job (ray-cluster-fresh): {ratio_fresh:.2f}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -143,9 +144,8 @@ def test_ssrf_guard_runs_in_every_worker(tmp_path: Path, sample_paths: list[Path
 
 
 def test_per_host_limits_hold_across_ray_workers(tmp_path: Path, sample_paths: list[Path]) -> None:
-    images = distinct_jpegs(sample_paths, 24)
-    routes: dict[str, Handler] = {f"/i/{i}.jpg": delayed(_jpeg(d), 0.05) for i, d in enumerate(images)}
-    routes["/robots.txt"] = respond(b"", status=404)
+    routes = _slow_images(sample_paths, 24, 0.05)
+    images = [k for k in routes if k.startswith("/i/")]
     with LoopbackServer(routes) as srv:
         url_list = _write_list(tmp_path / "urls.csv", [srv.url(f"/i/{i}.jpg") for i in range(len(images))])
         # one host dealt over 2 sub-shards (2 CPUs): unless their per-host limits add up to 2, 4 run at once
@@ -167,23 +167,36 @@ def _ingest_workers() -> list[psutil.Process]:
     return found
 
 
+def _slow_images(sample_paths: list[Path], count: int, delay: float) -> dict[str, Handler]:
+    """``count`` distinct JPEGs at ``/i/<n>.jpg``, each answered after ``delay`` seconds; no robots.txt."""
+    routes: dict[str, Handler] = {
+        f"/i/{i}.jpg": delayed(_jpeg(d), delay) for i, d in enumerate(distinct_jpegs(sample_paths, count))
+    }
+    routes["/robots.txt"] = respond(b"", status=404)
+    return routes
+
+
+def _ingest_in_thread(
+    root: Path, url_list: Path, config: ExecutorConfig
+) -> tuple[threading.Thread, list[pd.DataFrame]]:
+    """An ingest (one request at a time to the host) running in a thread; its rows land in the list."""
+    result: list[pd.DataFrame] = []
+    run = threading.Thread(
+        target=lambda: result.append(_ingest(root, url_list, _options(config, per_host_concurrency=1)))
+    )
+    run.start()
+    return run, result
+
+
 def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(
     tmp_path: Path, sample_paths: list[Path]
 ) -> None:
-    images = distinct_jpegs(sample_paths, 40)
-    routes: dict[str, Handler] = {f"/i/{i}.jpg": delayed(_jpeg(d), 0.1) for i, d in enumerate(images)}
-    routes["/robots.txt"] = respond(b"", status=404)
+    routes = _slow_images(sample_paths, 40, 0.1)
+    images = [k for k in routes if k.startswith("/i/")]
     killed: list[int] = []
     with LoopbackServer(routes) as srv:
         url_list = _write_list(tmp_path / "urls.csv", [srv.url(f"/i/{i}.jpg") for i in range(len(images))])
-        config = ExecutorConfig("ray", chunk_size=20)
-        result: list[pd.DataFrame] = []
-        run = threading.Thread(
-            target=lambda: result.append(
-                _ingest(tmp_path / "ws", url_list, _options(config, per_host_concurrency=1))
-            )
-        )
-        run.start()
+        run, result = _ingest_in_thread(tmp_path / "ws", url_list, ExecutorConfig("ray", chunk_size=20))
         deadline = time.monotonic() + 60
         while not killed and time.monotonic() < deadline:
             workers = _ingest_workers()
@@ -204,9 +217,8 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(
 def test_a_killed_driver_is_finished_by_a_rerun(
     tmp_path: Path, sample_paths: list[Path], ray_instance: str
 ) -> None:
-    images = distinct_jpegs(sample_paths, 80)
-    routes: dict[str, Handler] = {f"/i/{i}.jpg": delayed(_jpeg(d), 0.1) for i, d in enumerate(images)}
-    routes["/robots.txt"] = respond(b"", status=404)
+    routes = _slow_images(sample_paths, 80, 0.1)
+    images = [k for k in routes if k.startswith("/i/")]
     with LoopbackServer(routes) as srv:
         urls = [srv.url(f"/i/{i}.jpg") for i in range(len(images))]
         url_list = _write_list(tmp_path / "urls.csv", urls)
@@ -310,6 +322,13 @@ def test_ray_person_detection_stores_what_the_local_one_stores(
     assert found["ray"] == found["local"] and any(r["num_faces"] for r in found["local"])
 
 
+def _drain(queue: Any) -> list[list[tuple[str, str | None, str | None]]]:
+    chunks = []
+    while chunk := queue.take():
+        chunks.append(chunk)
+    return chunks
+
+
 def test_every_host_belongs_to_one_shard_or_splits_its_limits() -> None:
     from emo8.ingest.ray import host_of, plan_shards
 
@@ -317,22 +336,40 @@ def test_every_host_belongs_to_one_shard_or_splits_its_limits() -> None:
     pending = pd.DataFrame({"item_id": [f"id{i}" for i in range(70)], "url": urls, "source_path": None})
     config = DownloadConfig(per_host_concurrency=4, per_host_rate=2.0)
     plan = plan_shards(pending, 3, 4, config)
+    assert len({id(s.chunks) for s in plan}) == len(plan)  # enough hosts: no two shards share a queue
     owners: dict[str, set[int]] = {}
+    taken = []
     for index, shard in enumerate(plan):
         assert shard.download == config
-        for chunk in shard.chunks:
+        for chunk in _drain(shard.chunks):
             assert len(chunk) <= 4
+            taken += [r[0] for r in chunk]
             for _, url, _ in chunk:
                 owners.setdefault(host_of(url), set()).add(index)
     assert len(owners) == 7 and all(len(v) == 1 for v in owners.values())
-    assert sorted(r[0] for s in plan for c in s.chunks for r in c) == sorted(pending.item_id)
-    # one host, four shards: four sub-shards whose limits sum to the host's
+    assert sorted(taken) == sorted(pending.item_id)
+    # one host, four shards: four sub-shards, sharing the host's queue, whose limits sum to the host's
     single = plan_shards(
         pending.assign(url=[f"http://one.example/{i}.jpg" for i in range(70)]), 4, 100, config
     )
-    assert len(single) == 4
+    assert len(single) == 4 and len({id(s.chunks) for s in single}) == 1
     assert sum(s.download.per_host_concurrency for s in single) <= 4
     assert sum(s.download.per_host_rate or 0 for s in single) <= 2.0
+    assert sorted(r[0] for c in _drain(single[0].chunks) for r in c) == sorted(pending.item_id)
+
+
+def test_shared_queues_deal_smaller_chunks_as_they_empty() -> None:
+    """Full chunks while much is left, then smaller ones down to MIN_CHUNK: the shards sharing a queue finish
+    together instead of one waiting for another's last full chunk."""
+    from emo8.ingest.ray import MIN_CHUNK, ChunkQueue
+
+    rows = [(f"id{i}", f"http://one.example/{i}.jpg", None) for i in range(5000)]
+    sizes = [len(c) for c in _drain(ChunkQueue(rows, 256, consumers=2))]
+    assert sum(sizes) == 5000
+    assert sizes[0] == 256 and sizes == sorted(sizes, reverse=True)
+    assert sizes[-2] <= MIN_CHUNK < 256
+    assert [len(c) for c in _drain(ChunkQueue(rows[:10], 256))] == [10]
+    assert not ChunkQueue([], 256).take()
 
 
 def test_executor_core_imports_no_stage_and_local_runs_never_import_ray() -> None:
@@ -481,3 +518,154 @@ def test_a_kind_whose_module_cannot_load_is_a_clear_error() -> None:
     other.register("local", print)
     with pytest.raises(ExecutorError, match="cannot run on the 'ray' executor: choose one of local"):
         other.get(ExecutorConfig("ray"))
+
+
+def _ingest_actors() -> dict[int, psutil.Process]:
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if " ".join(proc.info["cmdline"] or []).startswith("ray::IngestActor"):
+                found[proc.pid] = proc
+    return found
+
+
+def _cli_ingest(url_list: Path, root: Path, address: str, keep_alive: str) -> None:
+    if not root.exists():
+        Workspace.init(root)
+    cmd = [sys.executable, "-m", "emo8", "ingest", "urls", str(url_list), "-w", str(root), "--allow-private-networks",
+           "--per-host", "2", "--quiet", "--executor", "ray", "--ray-address", address]  # fmt: skip
+    env = {**os.environ, "EMO8_RAY_CHUNK_SIZE": "4", "EMO8_RAY_KEEP_ALIVE": keep_alive}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _kept_actors() -> dict[str, Any]:
+    """The ingest actors kept on the test's cluster, by name."""
+    kept = {}
+    for found in ray.util.list_named_actors(all_namespaces=True):
+        if found["name"].startswith("emo8-ingest-"):
+            with contextlib.suppress(ValueError):  # it ended meanwhile
+                kept[found["name"]] = ray.get_actor(found["name"], namespace=found["namespace"])
+    return kept
+
+
+def _end_kept_actors() -> None:
+    for actor in _kept_actors().values():
+        ray.kill(actor, no_restart=True)
+
+
+def test_the_next_job_on_a_cluster_reuses_the_kept_actors_within_the_per_host_limits(
+    tmp_path: Path, sample_paths: list[Path], ray_instance: str
+) -> None:
+    """Two jobs joining one cluster: the second one runs on the actors the first one left (no new worker process),
+    and the host never sees more than its per-host limit, within a job or across both."""
+    routes = _slow_images(sample_paths, 32, 0.05)
+    images = [k for k in routes if k.startswith("/i/")]
+    _end_kept_actors()  # those of earlier tests
+    try:
+        with LoopbackServer(routes) as srv:
+            urls = [srv.url(f"/i/{i}.jpg") for i in range(len(images))]
+            first = _write_list(tmp_path / "first.csv", urls[:16])
+            second = _write_list(tmp_path / "second.csv", urls[16:])
+            _cli_ingest(first, tmp_path / "ws", ray_instance, keep_alive="120")
+            kept = {name: ray.get(actor.pid.remote()) for name, actor in _kept_actors().items()}
+            assert len(kept) == 2  # one per CPU of the cluster, still up after the job
+            running = set(_ingest_actors())
+            _cli_ingest(second, tmp_path / "ws", ray_instance, keep_alive="120")
+            assert {name: ray.get(actor.pid.remote()) for name, actor in _kept_actors().items()} == kept
+            assert set(_ingest_actors()) <= running  # no new actor process
+            assert srv.max_inflight <= 2
+            assert Counter(r.path for r in srv.requests if r.path.startswith("/i/")) == {
+                f"/i/{i}.jpg": 1 for i in range(len(images))
+            }
+    finally:
+        _end_kept_actors()
+    items = Workspace.open(tmp_path / "ws").items()
+    assert len(items) == len(images) and (items.status == "valid").all()
+
+
+def test_kept_actors_end_themselves_once_idle(
+    tmp_path: Path, sample_paths: list[Path], ray_instance: str
+) -> None:
+    images = distinct_jpegs(sample_paths, 4)
+    routes: dict[str, Handler] = {f"/i/{i}.jpg": _jpeg(d) for i, d in enumerate(images)}
+    routes["/robots.txt"] = respond(b"", status=404)
+    _end_kept_actors()  # those of earlier tests, kept for longer
+    try:
+        with LoopbackServer(routes) as srv:
+            url_list = _write_list(
+                tmp_path / "urls.csv", [srv.url(f"/i/{i}.jpg") for i in range(len(images))]
+            )
+            _cli_ingest(url_list, tmp_path / "ws", ray_instance, keep_alive="1")
+        pids = {ray.get(actor.pid.remote()) for actor in _kept_actors().values()}
+        assert len(pids) == 2
+        deadline = time.monotonic() + 60
+        while (_kept_actors() or pids & set(_ingest_actors())) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _kept_actors() and not pids & set(_ingest_actors()), (
+            "the kept actors did not end once idle"
+        )
+    finally:
+        _end_kept_actors()
+
+
+def test_an_actor_dead_for_good_is_replaced_and_its_chunks_run_again(
+    tmp_path: Path, sample_paths: list[Path]
+) -> None:
+    """One shard, one restart allowed: the actor is killed twice mid-chunk, so Ray gives up on it; the driver
+    starts a new actor and sends it the lost chunks. Nothing is lost or stored twice."""
+    routes = _slow_images(sample_paths, 30, 0.1)
+    images = [k for k in routes if k.startswith("/i/")]
+    killed: list[int] = []
+    with LoopbackServer(routes) as srv:
+        url_list = _write_list(tmp_path / "urls.csv", [srv.url(f"/i/{i}.jpg") for i in range(len(images))])
+        config = ExecutorConfig("ray", shards=1, chunk_size=5, task_retries=1)
+        run, result = _ingest_in_thread(tmp_path / "ws", url_list, config)
+        deadline = time.monotonic() + 120
+        seen = 0
+        while len(killed) < 2 and run.is_alive() and time.monotonic() < deadline:
+            busy = [p for p in _ingest_workers() if p.pid not in killed]
+            if busy and len(srv.requests) > seen + 2:
+                busy[0].send_signal(signal.SIGKILL)
+                killed.append(busy[0].pid)
+                seen = len(srv.requests)
+            time.sleep(0.05)
+        run.join(120)
+        assert len(killed) == 2 and not run.is_alive()
+    items = result[0]
+    assert len(items) == len(images) and (items.status == "valid").all() and items.sha256.is_unique
+    _assert_objects_match(tmp_path / "ws")
+
+
+_JOIN_DRIVER = """
+import os, sys
+from emo8.core.executor import TASK_EVENTS, ExecutorConfig, ray_session
+with ray_session(ExecutorConfig("ray", ray_address=sys.argv[1])) as session:
+    import ray
+    print("JOINED", session.joined, ray.is_initialized(), os.environ.get(TASK_EVENTS))
+"""
+
+
+@pytest.mark.parametrize("user_value", [None, "1000"])
+def test_a_joining_driver_leaves_the_task_events_setting_as_it_found_it(
+    ray_instance: str, user_value: str | None
+) -> None:
+    """The driver turns its own task events off for ray.init only, and never overrides a value the user set."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_task_events_report_interval_ms"}
+    if user_value is not None:
+        env["RAY_task_events_report_interval_ms"] = user_value
+    done = subprocess.run([sys.executable, "-c", _JOIN_DRIVER, ray_instance], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line for line in done.stdout.splitlines() if line.startswith("JOINED")] == [
+        f"JOINED True True {user_value}"
+    ]
+
+
+def test_ray_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMO8_RAY_SHARDS", "3")
+    monkeypatch.setenv("EMO8_RAY_KEEP_ALIVE", "0")
+    assert (ExecutorConfig("ray").shards, ExecutorConfig("ray").keep_alive) == (3, 0.0)
+    monkeypatch.delenv("EMO8_RAY_SHARDS")
+    monkeypatch.delenv("EMO8_RAY_KEEP_ALIVE")
+    assert (ExecutorConfig("ray").shards, ExecutorConfig("ray").keep_alive) == (None, 120.0)

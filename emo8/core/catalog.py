@@ -9,7 +9,9 @@ re-run picks up the items that are still ``pending``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -199,7 +201,7 @@ def _json_or_none(value: Mapping[str, Any]) -> str | None:
 
 def _clean_text(value: Any) -> Any:
     """Replace lone surrogates (from undecodable input) so SQLite's UTF-8 encoding never fails."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not value.isascii():  # ASCII text holds no surrogate
         return value.encode("utf-8", "replace").decode("utf-8")
     return value
 
@@ -287,34 +289,31 @@ class Catalog:
         """
         now = utc_now()
         new = known = 0
+        records = iter(records)
         with self.transaction() as db:
-            for rec in records:
-                exists = db.execute(
-                    "SELECT 1 FROM origins WHERE origin_key = ?", (rec.origin_key,)
-                ).fetchone()
-                if exists:
-                    known += 1
-                    continue
-                item_id = item_id_for(rec.origin_key)
-                meta = _json_or_none(rec.meta)
-                values = [_clean_text(getattr(rec, c)) for c in METADATA_COLUMNS]
-                meta = _clean_text(meta)
-                head = [item_id, rec.source, rec.url, rec.source_path, rec.status, rec.reason, rec.error]
-                db.execute(_INSERT_ITEM, [*head, *values, meta, now])
-                db.execute(
-                    _INSERT_ORIGIN,
-                    [
-                        _clean_text(rec.origin_key),
-                        item_id,
-                        rec.source,
-                        rec.url,
-                        rec.source_path,
-                        *values,
-                        meta,
-                        now,
-                    ],
-                )
-                new += 1
+            # per chunk: one look-up of the keys already registered, one executemany per table
+            while chunk := list(itertools.islice(records, 500)):
+                keys = [rec.origin_key for rec in chunk]
+                marks = ", ".join("?" * len(keys))
+                rows = db.execute(f"SELECT origin_key FROM origins WHERE origin_key IN ({marks})", keys)
+                seen = {row[0] for row in rows}
+                items: list[list[Any]] = []
+                origins: list[list[Any]] = []
+                for rec in chunk:
+                    if rec.origin_key in seen:  # registered before, or earlier in this list
+                        known += 1
+                        continue
+                    seen.add(rec.origin_key)
+                    item_id = item_id_for(rec.origin_key)
+                    values = [_clean_text(getattr(rec, c)) for c in METADATA_COLUMNS]
+                    meta = _clean_text(_json_or_none(rec.meta))
+                    head = [item_id, rec.source, rec.url, rec.source_path, rec.status, rec.reason, rec.error]
+                    items.append([*head, *values, meta, now])
+                    key = _clean_text(rec.origin_key)
+                    origins.append([key, item_id, rec.source, rec.url, rec.source_path, *values, meta, now])
+                db.executemany(_INSERT_ITEM, items)
+                db.executemany(_INSERT_ORIGIN, origins)
+                new += len(origins)
         return new, known
 
     def pending(self, source: str | None = None, statuses: Sequence[str] = ("pending",)) -> pd.DataFrame:
@@ -357,53 +356,63 @@ class Catalog:
         holders: dict[str, list[str]] = {}
         sha_of: dict[str, str] = {}
         gone: set[str] = set()  # merged away in this batch
-        updates: dict[tuple[str, ...], list[list[Any]]] = {}  # column names -> rows, one executemany each
+        # (signal columns, ingested) -> rows: one executemany each
+        updates: dict[tuple[tuple[str, ...], bool], list[list[Any]]] = {}
         with self.transaction() as db:
+            plain = db.cursor()
+            plain.row_factory = None  # plain tuples: no Row object per row looked up
             for chunk in _chunks([o.item_id for o in outcomes], 500):
                 marks = ", ".join("?" * len(chunk))
-                rows = db.execute(f"SELECT item_id FROM items WHERE item_id IN ({marks})", chunk)
-                existing.update(row[0] for row in rows)
+                rows = plain.execute(f"SELECT item_id FROM items WHERE item_id IN ({marks})", chunk)
+                existing.update(itertools.chain.from_iterable(rows))
             for chunk in _chunks(sorted({o.sha256 for o in outcomes if o.sha256 is not None}), 500):
                 marks = ", ".join("?" * len(chunk))
-                rows = db.execute(f"SELECT sha256, item_id FROM items WHERE sha256 IN ({marks})", chunk)
+                rows = plain.execute(f"SELECT sha256, item_id FROM items WHERE sha256 IN ({marks})", chunk)
                 for sha256, item_id in rows:
                     holders.setdefault(sha256, []).append(item_id)
                     sha_of[item_id] = sha256
             for out in outcomes:
-                if out.item_id not in existing:  # already merged away by an earlier run
+                item_id, sha256 = out.item_id, out.sha256
+                if item_id not in existing:  # already merged away by an earlier run
                     continue
-                if out.sha256 is not None:
-                    held = holders.get(out.sha256, ())
-                    other = next((h for h in held if h != out.item_id and h not in gone), None)
+                if sha256 is not None and (held := holders.get(sha256)):
+                    other = next((h for h in held if h != item_id and h not in gone), None)
                     if other is not None:
-                        self._merge_into(db, out.item_id, other, now)
-                        merged[out.item_id] = other
-                        existing.discard(out.item_id)
-                        gone.add(out.item_id)
+                        self._merge_into(db, item_id, other, now)
+                        merged[item_id] = other
+                        existing.discard(item_id)
+                        gone.add(item_id)
                         continue
-                old = sha_of.pop(out.item_id, None)
+                old = sha_of.pop(item_id, None)
                 if old is not None:
-                    holders[old] = [h for h in holders[old] if h != out.item_id]
-                if out.sha256 is not None:
-                    holders.setdefault(out.sha256, []).append(out.item_id)
-                    sha_of[out.item_id] = out.sha256
-                sets = {
-                    "status": out.status,
-                    "reason": out.reason,
-                    "error": _clean_text(out.error),
-                    "http_status": out.http_status,
-                    "attempts": out.attempts,
-                    "sha256": out.sha256,
-                    "updated_at": now,
-                }
-                sets.update({k: v for k, v in out.signals.items() if k in SIGNAL_COLUMNS})
-                if out.status in ("valid", "invalid"):
-                    sets["ingested_at"] = now
-                updates.setdefault(tuple(sets), []).append([*sets.values(), out.item_id])
-            for columns, values in updates.items():
-                db.executemany(
-                    f"UPDATE items SET {', '.join(f'{k} = ?' for k in columns)} WHERE item_id = ?", values
+                    holders[old] = [h for h in holders[old] if h != item_id]
+                if sha256 is not None:
+                    holders.setdefault(sha256, []).append(item_id)
+                    sha_of[item_id] = sha256
+                # one row per outcome for the executemany of its set of columns (see _update_sql)
+                signals = out.signals
+                names = (
+                    tuple(signals)
+                    if signals.keys() <= _SIGNALS
+                    else tuple(k for k in signals if k in _SIGNALS)
                 )
+                ingested = out.status in ("valid", "invalid")
+                row = [
+                    out.status,
+                    out.reason,
+                    _clean_text(out.error),
+                    out.http_status,
+                    out.attempts,
+                    sha256,
+                    now,
+                ]
+                row.extend([signals[k] for k in names])
+                if ingested:
+                    row.append(now)
+                row.append(item_id)
+                updates.setdefault((names, ingested), []).append(row)
+            for (names, ingested), values in updates.items():
+                db.executemany(_update_sql(names, ingested), values)
         return merged
 
     @staticmethod
@@ -496,6 +505,17 @@ class Catalog:
         sql = f"SELECT {column} AS k, COUNT(*) AS n FROM items" + (f" WHERE {where}" if where else "")
         rows = self.connect().execute(sql + f" GROUP BY {column} ORDER BY n DESC, k").fetchall()
         return {("(none)" if r["k"] is None else str(r["k"])): int(r["n"]) for r in rows}
+
+
+_SIGNALS = frozenset(SIGNAL_COLUMNS)
+_OUTCOME_COLUMNS = ("status", "reason", "error", "http_status", "attempts", "sha256", "updated_at")
+
+
+@functools.lru_cache(maxsize=64)
+def _update_sql(signals: tuple[str, ...], ingested: bool) -> str:
+    """The UPDATE of one outcome: its status columns, these signal columns and ``ingested_at`` when ``ingested``."""
+    columns = (*_OUTCOME_COLUMNS, *signals, *(("ingested_at",) if ingested else ()))
+    return f"UPDATE items SET {', '.join(f'{k} = ?' for k in columns)} WHERE item_id = ?"
 
 
 def _to_sql(value: Any) -> Any:

@@ -10,6 +10,11 @@ colorfulness, pHash, dHash and a pixel hash), all computed from one decode. The 
 3. one decode, reduced by JPEG draft mode (DCT scaling) where the format allows, yields a small RGB image
    (EXIF orientation applied, alpha flattened onto white) from which every signal is computed.
 
+Plain JPEGs (8-bit baseline or progressive, grey or YCbCr, without Adobe or MPF segments) that decode without a
+libjpeg warning skip Pillow's Python-level parsing: their headers are read here and libjpeg-turbo decodes them
+through simplejpeg at exactly the size of Pillow's draft decode, which yields the same pixels. Everything else,
+every rejection included, goes through Pillow, so the result is the same either way.
+
 :func:`load_rgb` is the project's one image loader for later stages, with the same normalisation.
 Both functions are top-level and picklable, so they run in a process pool.
 """
@@ -26,6 +31,11 @@ from typing import IO
 
 import numpy as np
 from PIL import ExifTags, Image
+
+try:  # libjpeg-turbo without Pillow's per-file Python overhead, for the common JPEG (see _inspect_plain_jpeg)
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - the Pillow path then decodes every JPEG
+    _simplejpeg = None
 
 #: Formats :func:`inspect_image` accepts, with the file extension the workspace stores each one under.
 FORMAT_EXTENSIONS: dict[str, str] = {
@@ -260,7 +270,8 @@ def perceptual_hashes(luma: np.ndarray) -> tuple[str, str]:
     wide = _to_u8(luma @ _LANCZOS_TO_32.T)  # (64, 32): Pillow resizes horizontally first
     small = _to_u8(_LANCZOS_TO_32 @ wide)  # (32, 32)
     low = np.round(_DCT_LOW @ small @ _DCT_LOW.T, 6)  # (8, 8); rounded so a flat image's zeros are zeros
-    median = np.partition(low.reshape(-1), (31, 32))[31:33].mean()
+    lower, upper = np.partition(low.reshape(-1), (31, 32))[31:33].tolist()
+    median = (lower + upper) / 2  # the same float as np.mean of the two, without its overhead
     rows = _to_u8(_DHASH_ROWS @ _to_u8(luma @ _DHASH_COLS.T))  # (8, 9)
     return _bits_hex(low > median), _bits_hex(rows[:, 1:] > rows[:, :-1])
 
@@ -419,6 +430,19 @@ def inspect_image(data: bytes, config: ValidationConfig = ValidationConfig()) ->
 
 def _inspect(data: bytes, fmt: str, config: ValidationConfig) -> ImageInfo:
     """Do the work of :func:`inspect_image` on data already sniffed as ``fmt``."""
+    if (
+        fmt == "jpeg"
+        and _simplejpeg is not None
+        and (_fast_jpeg_agrees or (_fast_jpeg_agrees is None and _check_fast_jpeg()))
+    ):
+        info = _inspect_plain_jpeg(data, config)
+        if info is not None:
+            return info
+    return _inspect_pillow(data, fmt, config)
+
+
+def _inspect_pillow(data: bytes, fmt: str, config: ValidationConfig) -> ImageInfo:
+    """:func:`_inspect` through Pillow, for every format and every outcome."""
     try:
         im = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
     except Image.DecompressionBombError as exc:
@@ -451,8 +475,15 @@ def _inspect(data: bytes, fmt: str, config: ValidationConfig) -> ImageInfo:
             return _reject(_failure(exc, fmt, data), _describe(exc), fmt, (w, h))
     if orientation >= 5:
         w, h = h, w
-    pixels = np.asarray(sig)  # (SIGNAL_SIDE, SIGNAL_SIDE, 3) uint8
-    luma = _to_u8(pixels @ _LUMA)  # (SIGNAL_SIDE, SIGNAL_SIDE) Pillow "L" values, as float64
+    return _signals(sig, fmt, w, h, n_frames)
+
+
+def _signals(sig: Image.Image, fmt: str, w: int, h: int, n_frames: int) -> ImageInfo:
+    """The accepted :class:`ImageInfo` of an image whose ``SIGNAL_SIDE`` x ``SIGNAL_SIDE`` RGB version is ``sig``
+    and whose full size (oriented) is ``w`` x ``h``."""
+    # np.asarray(sig), in fewer steps: (SIGNAL_SIDE, SIGNAL_SIDE, 3) uint8
+    pixels = np.frombuffer(sig.tobytes(), np.uint8).reshape(SIGNAL_SIDE, SIGNAL_SIDE, 3)
+    luma = np.rint(pixels @ _LUMA)  # Pillow "L" values as float64 (the weights sum to 1: no clipping needed)
     phash, dhash = perceptual_hashes(luma)
     tiny = sig.resize((PIXEL_HASH_SIDE, PIXEL_HASH_SIDE), Image.Resampling.BOX)
     pixel_hash = hashlib.sha256(f"{w}x{h}:".encode() + tiny.tobytes()).hexdigest()
@@ -462,9 +493,159 @@ def _inspect(data: bytes, fmt: str, config: ValidationConfig) -> ImageInfo:
         width=w,
         height=h,
         n_frames=n_frames,
-        brightness=float(luma.mean()) / 255.0,
+        brightness=float(luma.sum()) / luma.size / 255.0,  # luma.mean(): the sum of integers is exact
         colorfulness=colorfulness(pixels),
         phash=phash,
         dhash=dhash,
         pixel_hash=pixel_hash,
     )
+
+
+# The JPEG fast path. Pillow spends about a third of a small photo's inspection in Python: its marker parser
+# (quantisation tables, Huffman tables, APP segments) and the machinery of Image.open and load. For the common
+# JPEG, one pass over the segment headers here and one libjpeg-turbo call through simplejpeg give the same
+# pixels: simplejpeg asked for exactly the size of Pillow's draft decode uses the same DCT scaling, the same
+# accurate integer IDCT and the same fancy upsampling. Anything outside that common case (or any warning from
+# libjpeg) goes to Pillow's path, so verdicts, error messages and signals are the same as Pillow's everywhere.
+_JPEG_PLAIN_SOF = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended sequential, progressive (Huffman coding)
+# DHT, DRI and COM segments: libjpeg checks them, Pillow only reads past them.
+_JPEG_SKIPPED = frozenset({0xC4, 0xDD, 0xFE})
+_XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
+
+
+def _plain_jpeg_header(data: bytes) -> tuple[int, int, bool] | None:
+    """``(width, height, needs_pillow)`` of a JPEG that the fast path decodes exactly as Pillow does, else None.
+
+    Walks the segments from SOI to SOS, each starting right where the previous one ends, and accepts only what
+    both Pillow's parser and libjpeg read the same way: 8-bit baseline or progressive Huffman frames with one
+    (grey) or three components (ids 1, 2, 3: YCbCr by every decoder's rule), no Adobe segment (colour transform),
+    no MPF segment (Pillow opens those as MPO), and segments that Pillow's parser reads without failing (a JFIF
+    segment long enough for its version, full quantisation tables, ICC chunks long enough for their sequence
+    numbers). ``needs_pillow`` is True when an EXIF, XMP or Photoshop segment exists: the orientation then comes
+    from Pillow's own reading of them (it has its own rules for malformed EXIF).
+    """
+    size: tuple[int, int] | None = None
+    needs_pillow = False
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        start, nxt = pos + 4, pos + 2 + ((data[pos + 2] << 8) | data[pos + 3])
+        if nxt < start or nxt > end:
+            return None
+        if marker == 0xDA:
+            return None if size is None else (size[0], size[1], needs_pillow)
+        if marker == 0xDB:
+            while start < nxt:  # Pillow rejects a short table; libjpeg would pad it
+                start += 65 if data[start] < 16 else 129
+            if start > nxt:
+                return None
+        elif 0xE0 <= marker <= 0xEF:
+            if marker == 0xE0:
+                if data.startswith(b"JFIF", start, nxt) and nxt - start < 7:
+                    return None
+            elif marker == 0xE1:
+                needs_pillow = needs_pillow or data.startswith((b"Exif\0\0", _XMP_PREFIX), start, nxt)
+            elif marker == 0xE2:
+                if data.startswith(b"MPF\0", start, nxt):
+                    return None
+                if data.startswith(b"ICC_PROFILE\0", start, nxt) and nxt - start < 14:
+                    return None
+            elif marker == 0xED:
+                needs_pillow = needs_pillow or data.startswith(b"Photoshop 3.0\x00", start, nxt)
+            elif marker == 0xEE and data.startswith(b"Adobe", start, nxt):
+                return None
+        elif marker in _JPEG_PLAIN_SOF:
+            if size is not None or nxt - start < 6 or data[start] != 8:
+                return None
+            ncomp = data[start + 5]
+            if nxt - start != 6 + 3 * ncomp:
+                return None
+            if ncomp == 3:
+                if (data[start + 6], data[start + 9], data[start + 12]) != (1, 2, 3):
+                    return None
+            elif ncomp != 1:
+                return None
+            size = ((data[start + 3] << 8) | data[start + 4], (data[start + 1] << 8) | data[start + 2])
+        elif marker not in _JPEG_SKIPPED:
+            return None
+        pos = nxt
+    return None
+
+
+#: Whether the fast path gives Pillow's results on this machine's libraries (None: not checked yet).
+_fast_jpeg_agrees: bool | None = None
+
+
+def _check_fast_jpeg() -> bool:
+    """Compare the fast path with Pillow's on a few reference JPEGs (baseline and progressive, 4:2:0, 4:2:2 and
+    grey, DCT scales 1, 1/2 and 1/4), once per process; the fast path stays off unless every result is equal,
+    so a libjpeg build that decodes differently can never change a signal. Costs a few milliseconds."""
+    global _fast_jpeg_agrees
+    rng = np.random.default_rng(0)
+    config = ValidationConfig(min_side=1)
+    agrees = True
+    try:
+        for (w, h), mode, options in (
+            ((300, 200), "RGB", {"subsampling": 2}),
+            ((260, 300), "RGB", {"subsampling": 1, "progressive": True}),
+            ((70, 90), "L", {}),
+        ):
+            ramp = np.add.outer(np.arange(h), np.arange(w)) % 256
+            pixels = np.dstack([ramp, ramp[::-1], rng.integers(0, 256, (h, w))]).astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels, "RGB").convert(mode).save(buffer, "JPEG", quality=90, **options)
+            data = buffer.getvalue()
+            agrees = agrees and _inspect_plain_jpeg(data, config) == _inspect_pillow(data, "jpeg", config)
+    except Exception:  # e.g. a Pillow without a JPEG encoder: keep to Pillow's path
+        agrees = False
+    _fast_jpeg_agrees = agrees
+    return agrees
+
+
+def _draft_scale(w: int, h: int) -> int:
+    """The DCT scale denominator Pillow's ``draft(None, (SIGNAL_SIDE, SIGNAL_SIDE))`` picks for a w x h JPEG."""
+    scale = min(w // SIGNAL_SIDE, h // SIGNAL_SIDE)
+    return 8 if scale >= 8 else 4 if scale >= 4 else 2 if scale >= 2 else 1
+
+
+def _inspect_plain_jpeg(data: bytes, config: ValidationConfig) -> ImageInfo | None:
+    """:func:`_inspect` for a JPEG that :func:`_plain_jpeg_header` accepts and libjpeg decodes without a warning
+    and that passes every check; None otherwise (Pillow's path then decides, rejections included)."""
+    header = _plain_jpeg_header(data)
+    if header is None:
+        return None
+    w, h, needs_pillow = header
+    limit = Image.MAX_IMAGE_PIXELS
+    if (
+        min(w, h) < max(config.min_side, 1)
+        or w * h > config.max_pixels
+        or (limit is not None and w * h > limit)
+        or max(w, h) > config.max_aspect_ratio * min(w, h)
+    ):
+        return None
+    orientation = 1
+    if needs_pillow:
+        try:
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+                if im.format != "JPEG" or im.size != (w, h):
+                    return None
+                orientation = _orientation(im)
+        except Exception:
+            return None
+    scale = _draft_scale(w, h)
+    dw, dh = -(-w // scale), -(-h // scale)
+    try:
+        rgb = _simplejpeg.decode_jpeg(
+            data, "RGB", fastdct=False, fastupsample=False, min_height=dh, min_width=dw, strict=True
+        )
+    except Exception:  # a libjpeg error or warning: Pillow's path classifies it
+        return None
+    if rgb.shape != (dh, dw, 3):
+        return None
+    decoded = _orient(Image.frombuffer("RGB", (dw, dh), rgb, "raw", "RGB", 0, 1), orientation)
+    sig = decoded.resize((SIGNAL_SIDE, SIGNAL_SIDE), Image.Resampling.BOX)
+    if orientation >= 5:
+        w, h = h, w
+    return _signals(sig, "jpeg", w, h, 1)

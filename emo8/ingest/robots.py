@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 __all__ = [
     "MAX_ROBOTS_BYTES",
@@ -84,6 +84,8 @@ class RobotsRules:
 
     def allowed(self, path: str) -> bool:
         """Whether a URL's path (with its ``?query``, as sent on the wire) may be fetched."""
+        if not self.rules and not self.disallow_all:  # no robots.txt, or one without rules for us
+            return True
         if not path.startswith("/"):
             path = "/" + path
         if path == "/robots.txt":
@@ -91,13 +93,17 @@ class RobotsRules:
         if self.disallow_all:
             return False
         path = _normalise(path)
-        best_len, best_allow = -1, True
-        for allow, pattern in self.rules:
-            if len(pattern) < best_len or (len(pattern) == best_len and best_allow):
-                continue
-            if _compile(pattern).match(path):
-                best_len, best_allow = len(pattern), allow
-        return best_allow
+        for allow, regex in self._by_precedence:
+            if regex.match(path):
+                return allow
+        return True
+
+    @cached_property
+    def _by_precedence(self) -> tuple[tuple[bool, re.Pattern[str]], ...]:
+        """The rules compiled, in the order they take precedence: the longest pattern first, ``allow`` first
+        among patterns of one length; so the first rule that matches decides."""
+        ordered = sorted(self.rules, key=lambda rule: (-len(rule[1]), not rule[0]))
+        return tuple((allow, _compile(pattern)) for allow, pattern in ordered)
 
 
 @dataclass
