@@ -20,11 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from emo8.core.errors import WorkspaceError
+
+T = TypeVar("T")
 
 #: Item statuses. ``pending`` items are picked up by the next run of the stage that registered them.
 STATUSES = ("pending", "valid", "invalid", "failed", "skipped", "duplicate", "contaminated", "removed")
@@ -289,10 +291,9 @@ class Catalog:
         """
         now = utc_now()
         new = known = 0
-        records = iter(records)
         with self.transaction() as db:
             # per chunk: one look-up of the keys already registered, one executemany per table
-            while chunk := list(itertools.islice(records, 500)):
+            for chunk in batched(records, 500):
                 keys = [rec.origin_key for rec in chunk]
                 marks = ", ".join("?" * len(keys))
                 rows = db.execute(f"SELECT origin_key FROM origins WHERE origin_key IN ({marks})", keys)
@@ -330,7 +331,7 @@ class Catalog:
         """Put the given items back to ``pending`` (e.g. to retry failed downloads). Returns how many changed."""
         ids = list(item_ids)
         with self.transaction() as db:
-            for chunk in _chunks(ids, 500):
+            for chunk in batched(ids, 500):
                 db.execute(
                     f"UPDATE items SET status = 'pending', reason = NULL, error = NULL, updated_at = ? "
                     f"WHERE item_id IN ({', '.join('?' * len(chunk))})",
@@ -361,11 +362,11 @@ class Catalog:
         with self.transaction() as db:
             plain = db.cursor()
             plain.row_factory = None  # plain tuples: no Row object per row looked up
-            for chunk in _chunks([o.item_id for o in outcomes], 500):
+            for chunk in batched([o.item_id for o in outcomes], 500):
                 marks = ", ".join("?" * len(chunk))
                 rows = plain.execute(f"SELECT item_id FROM items WHERE item_id IN ({marks})", chunk)
                 existing.update(itertools.chain.from_iterable(rows))
-            for chunk in _chunks(sorted({o.sha256 for o in outcomes if o.sha256 is not None}), 500):
+            for chunk in batched(sorted({o.sha256 for o in outcomes if o.sha256 is not None}), 500):
                 marks = ", ".join("?" * len(chunk))
                 rows = plain.execute(f"SELECT sha256, item_id FROM items WHERE sha256 IN ({marks})", chunk)
                 for sha256, item_id in rows:
@@ -391,11 +392,7 @@ class Catalog:
                     sha_of[item_id] = sha256
                 # one row per outcome for the executemany of its set of columns (see _update_sql)
                 signals = out.signals
-                names = (
-                    tuple(signals)
-                    if signals.keys() <= _SIGNALS
-                    else tuple(k for k in signals if k in _SIGNALS)
-                )
+                names = tuple(k for k in signals if k in _SIGNALS)
                 ingested = out.status in ("valid", "invalid")
                 row = [
                     out.status,
@@ -526,6 +523,8 @@ def _to_sql(value: Any) -> Any:
     return value
 
 
-def _chunks(seq: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), read lazily: Python 3.12's ``itertools.batched``."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

@@ -114,11 +114,7 @@ class ObjectStore:
         if os.path.exists(target):
             Path(spooled).unlink(missing_ok=True)
             return False
-        try:
-            os.replace(spooled, target)
-        except FileNotFoundError:  # the object's directory is made on first use only
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(spooled, target)
+        _replace_making_parent(spooled, target)
         return True
 
     def _put_remote(self, data: bytes, key: str) -> bool:
@@ -422,6 +418,16 @@ def _open_part(tmp_dir: str | os.PathLike[str]) -> tuple[int, str]:
             made = True
 
 
+def _replace_making_parent(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """``os.replace(source, target)``, making ``target``'s directory when the rename finds it missing (one system
+    call less per object than making sure of the directory beforehand)."""
+    try:
+        os.replace(source, target)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(source, target)
+
+
 def _atomic_write(
     path: str | os.PathLike[str],
     data: bytes,
@@ -433,8 +439,7 @@ def _atomic_write(
 
     ``durable`` adds an fsync before the rename (config files); image objects skip it for throughput: the rename
     alone is atomic against a killed process, which is the guarantee the catalog documents. ``make_parent``
-    creates ``path``'s directory when the rename finds it missing (one system call less per write than making
-    sure of it beforehand).
+    creates ``path``'s directory when the rename finds it missing (see :func:`_replace_making_parent`).
     """
     tmp_name = None
     try:
@@ -447,12 +452,9 @@ def _atomic_write(
                 os.fsync(fd)
         finally:
             os.close(fd)
-        try:
-            os.replace(tmp_name, path)
-        except FileNotFoundError:
-            if not make_parent:
-                raise
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+        if make_parent:
+            _replace_making_parent(tmp_name, path)
+        else:
             os.replace(tmp_name, path)
     except OSError as exc:
         if tmp_name is not None:

@@ -45,7 +45,7 @@ from yarl import URL
 from emo8.core.executor import ExecutorConfig, ray_session, require_shared_store
 from emo8.core.imaging import ValidationConfig
 from emo8.core.workspace import ObjectStore
-from emo8.ingest.download import DownloadConfig, FetchRequest, fetch_stream, run_event_loop
+from emo8.ingest.download import DownloadConfig, FetchRequest, fetch_stream, new_event_loop, run_event_loop
 from emo8.ingest.run import check_and_store, collector_paced, outcome_for, outcome_for_fetch_failure
 
 if TYPE_CHECKING:
@@ -122,15 +122,6 @@ async def _fetch_and_check(
             (outcome_for(result.key, checked, result.http_status, result.attempts), checked.new_bytes)
         )
     return done
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop when uvloop is installed (as the local path's downloader runs on), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:  # e.g. on Windows
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 class IngestActor:

@@ -19,7 +19,7 @@ import operator
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from emo8.core.catalog import SIGNAL_COLUMNS, ItemOutcome, OriginRecord
+from emo8.core.catalog import SIGNAL_COLUMNS, ItemOutcome, OriginRecord, batched
 from emo8.core.executor import ExecutorConfig, StageExecutors
 from emo8.core.imaging import ImageInfo, ValidationConfig, inspect_image
 from emo8.core.takedown import enforce
@@ -123,7 +123,7 @@ def ingest(ws: Workspace, source: Source, options: IngestOptions | None = None) 
     summary = IngestSummary(source=source.name)
     started = time.perf_counter()
     with collector_paced():  # thousands of records alive per chunk
-        for chunk in _chunked(source.records(), options.register_chunk):
+        for chunk in batched(source.records(), options.register_chunk):
             # rows a source already knows to be unusable (e.g. malformed URL-list rows) are outcomes of this run too
             settled = [r for r in chunk if r.status != "pending"]
             fresh = _unknown_origins(ws, settled)
@@ -567,9 +567,3 @@ def _unknown_origins(ws: Workspace, records: list[OriginRecord]) -> list[OriginR
         )
         known.update(row[0] for row in rows)
     return [r for r in records if r.origin_key not in known]
-
-
-def _chunked(records: Iterable[OriginRecord], size: int) -> Iterator[list[OriginRecord]]:
-    iterator = iter(records)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from emo8.core.catalog import utc_now
+from emo8.core.catalog import batched, utc_now
 from emo8.core.executor import ExecutorConfig, StageExecutors
 from emo8.core.imaging import load_rgb
 from emo8.core.workspace import ObjectStore, Workspace
@@ -555,11 +555,6 @@ DETECT_EXECUTORS.register("local", detect_batches_local)
 DETECT_EXECUTORS.register("ray", "emo8.label.people_ray:detect_batches")
 
 
-def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]
-
-
 def detect_people(
     ws: Workspace, config: DetectConfig = DetectConfig(), detector: Detector | None = None
 ) -> DetectSummary:
@@ -599,7 +594,7 @@ def detect_people(
     )  # fmt: skip
     with bar:
         task = bar.add_task("detect", total=len(todo))
-        chunks = list(_chunks(todo, config.batch_size))
+        chunks = list(batched(todo, config.batch_size))
         batches = DETECT_EXECUTORS.get(config.executor)(ws.objects, config, chunks, detector)
         for chunk, results in zip(chunks, batches, strict=True):
             now = utc_now()
