@@ -669,3 +669,25 @@ def test_ray_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("EMO8_RAY_SHARDS")
     monkeypatch.delenv("EMO8_RAY_KEEP_ALIVE")
     assert (ExecutorConfig("ray").shards, ExecutorConfig("ray").keep_alive) == (None, 120.0)
+
+
+@pytest.mark.parametrize(("name", "value"), [("EMO8_RAY_KEEP_ALIVE", "abc"), ("EMO8_RAY_SHARDS", "2.5")])
+def test_a_malformed_ray_variable_stops_only_a_ray_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert ExecutorConfig("local").keep_alive == 120.0 and ExecutorConfig("local").shards is None
+    with pytest.raises(ExecutorError, match=f"{name}='{value}'"):
+        ExecutorConfig("ray")
+    env = {**os.environ, name: value}
+    urls = tmp_path / "urls.csv"
+    urls.write_text("url\nhttp://127.0.0.1:9/a.jpg\n")
+    cli = [sys.executable, "-m", "emo8"]
+    assert subprocess.run([*cli, "--help"], env=env, capture_output=True).returncode == 0
+    subprocess.run([*cli, "init", str(tmp_path / "ws")], env=env, check=True, capture_output=True)
+    done = subprocess.run(
+        [*cli, "ingest", "urls", str(urls), "-w", str(tmp_path / "ws"), "--executor", "ray"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert name in done.stdout + done.stderr and "Traceback" not in done.stderr

@@ -56,15 +56,43 @@ class ExecutorConfig:
     kind: str = "local"
     ray_address: str | None = None
     num_cpus: int | None = None
-    shards: int | None = field(default_factory=lambda: _env_int("EMO8_RAY_SHARDS"))
-    chunk_size: int = field(default_factory=lambda: int(os.environ.get("EMO8_RAY_CHUNK_SIZE", "256")))
+    shards: int | None = field(default_factory=lambda: _env_number("EMO8_RAY_SHARDS", 0, int) or None)
+    chunk_size: int = field(default_factory=lambda: _env_number("EMO8_RAY_CHUNK_SIZE", 256, int))
     task_retries: int = 3
-    keep_alive: float = field(default_factory=lambda: float(os.environ.get("EMO8_RAY_KEEP_ALIVE", "120")))
+    keep_alive: float = field(default_factory=lambda: _env_number("EMO8_RAY_KEEP_ALIVE", 120.0, float))
+
+    def __post_init__(self) -> None:
+        if (
+            self.kind == "ray"
+        ):  # only a run on Ray reports a malformed variable: other commands never read them
+            for name, kind in _RAY_ENVIRONMENT.items():
+                _env_number(name, kind(0), kind, strict=True)
 
 
-def _env_int(name: str) -> int | None:
+N = TypeVar("N", int, float)
+#: The environment variables that set :class:`ExecutorConfig`'s Ray defaults, and their types.
+_RAY_ENVIRONMENT: dict[str, type[int] | type[float]] = {
+    "EMO8_RAY_SHARDS": int,
+    "EMO8_RAY_CHUNK_SIZE": int,
+    "EMO8_RAY_KEEP_ALIVE": float,
+}
+
+
+def _env_number(name: str, default: N, kind: type[N], strict: bool = False) -> N:
+    """The number in the environment variable ``name``; ``default`` when it is unset or empty, and when it holds
+    something else unless ``strict``, which raises :class:`ExecutorError` naming the variable then."""
     value = os.environ.get(name)
-    return int(value) if value else None
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        if not strict:
+            return default
+        raise ExecutorError(
+            f"{name}={value!r} is not {'an integer' if kind is int else 'a number'}; set it to one, or unset it "
+            "to use the default."
+        ) from None
 
 
 def _always(config: ExecutorConfig) -> None:

@@ -106,7 +106,7 @@ class FetchSettings(ValidationSettings):
     )
     retry_failed: bool = setting(False, "Retry items whose fetch failed before.", flag="--retry-failed")
     transfer_mb: int = setting(
-        IngestOptions().transfer_mb,
+        IngestOptions.transfer_mb,
         "Shared memory (MiB) that hands downloaded bodies to the decode workers (0: spool them to files).",
         ge=0,
         fingerprint=False,
